@@ -1,0 +1,30 @@
+# One command sets up a fresh machine; the README's quick start is `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.setup-done
+# pip >= 25 refuses the Merlin packages (direct-URL dependencies in their extras).
+PIP_VERSION := 24.0
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev]'
+	# Only the tritonserver binary, libraries and backend stubs of this wheel are used;
+	# its Python dependencies conflict with the Merlin pins (see README).
+	$(BIN)/pip install -q --no-deps -c requirements/constraints.txt nvidia-pytriton
+	touch $@
+
+demo: setup
+	$(BIN)/build-ensemble demo
+
+test: setup
+	$(BIN)/pytest
+
+clean:
+	rm -rf artifacts model_repository/*/ feature_repo/data .serve

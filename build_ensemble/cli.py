@@ -1,0 +1,287 @@
+"""``build-ensemble``: build, evaluate, serve, query and stop the retrieval service."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from build_ensemble import constants as C
+from build_ensemble.config import BuildConfig
+from build_ensemble.errors import RecsysError
+
+logger = logging.getLogger("build_ensemble")
+
+
+def _quiet_libraries() -> None:
+    """Keep TensorFlow, Merlin and Feast from flooding the terminal (before they are imported)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    os.environ.setdefault("FEAST_USAGE", "False")
+    warnings.filterwarnings("ignore")
+    for name in ("tensorflow", "merlin", "feast", "absl", "numba", "distributed"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class ConsoleReporter:
+    """Stage banners, per-epoch lines and progress bars on stderr."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def stage(self, name: str) -> None:
+        print(f"==> {name} ({time.perf_counter() - self.start:.0f} s)", file=sys.stderr, flush=True)
+
+    def epoch(self, record: dict) -> None:
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("valid_"))
+        print(f"    epoch {record['epoch']:>3}  loss {record['loss']:.4f}  {metrics}  ({record['seconds']:.1f} s)",
+              file=sys.stderr, flush=True)
+
+    def iterate(self, items, desc: str, total: int | None = None):
+        from tqdm.auto import tqdm
+
+        return tqdm(items, desc=f"    {desc}", total=total, file=sys.stderr)
+
+
+# ---------------------------------------------------------------- build options from the config
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file of option: value (flags override it)")
+    for f in dataclasses.fields(BuildConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        helptext = f"{f.metadata.get('help', '')} (default: {default})"
+        kwargs = {"dest": f.name, "default": None, "help": helptext}
+        if f.metadata.get("choices"):
+            kwargs["choices"] = f.metadata["choices"]
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif f.name in ("query_tower", "item_tower", "ks"):
+            parser.add_argument(flag, nargs="+", type=int, metavar="N", **kwargs)
+        elif isinstance(default, int):
+            parser.add_argument(flag, type=int, **kwargs)
+        elif isinstance(default, float):
+            parser.add_argument(flag, type=float, **kwargs)
+        else:
+            parser.add_argument(flag, **kwargs)
+
+
+def _config_from_args(args: argparse.Namespace) -> BuildConfig:
+    from build_ensemble.config import make_config
+
+    names = {f.name for f in dataclasses.fields(BuildConfig)}
+    return make_config(args.config, {k: v for k, v in vars(args).items() if k in names})
+
+
+# ---------------------------------------------------------------- subcommands
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from build_ensemble.pipeline import build
+
+    config = _config_from_args(args)
+    result = build(config, ConsoleReporter())
+    _print_build(result)
+    return 0
+
+
+def _print_build(result) -> None:
+    metrics = result.metrics
+    k = metrics["ks"][0]
+    print(f"\nbuild folder:      {result.out.resolve()}")
+    print(f"feature repo:      {result.feature_repo.resolve()}")
+    print(f"model repository:  {result.repository.resolve()}")
+    index = result.manifest["index"]
+    print(f"index:             {index['kind']} {index['params']} recall@{index['k']} vs exact {index['recall_at_k']:.4f}")
+    print(f"\ntest metrics ({metrics['users']} users, seen items {'masked' if metrics['exclude_seen'] else 'kept'}):")
+    print(f"  {'model':<14}{'recall@' + str(k):>12}{'ndcg@' + str(k):>12}")
+    for name in ("two_tower", "most_popular", "random"):
+        print(f"  {name:<14}{metrics[name][f'recall@{k}']:>12.4f}{metrics[name][f'ndcg@{k}']:>12.4f}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from build_ensemble.pipeline import evaluate_build
+
+    metrics = evaluate_build(args.out, args.ks, args.exclude_seen)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _server_spec(args: argparse.Namespace):
+    from build_ensemble.server import ServerSpec
+
+    return ServerSpec(
+        repository=args.repository,
+        feature_repo=args.feature_repo,
+        state_dir=args.state_dir,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from build_ensemble.server import TritonServer, write_state
+
+    spec = _server_spec(args)
+    server = TritonServer(spec)
+    print(f"starting tritonserver (log: {spec.log_path}) ...", file=sys.stderr, flush=True)
+    server.start(timeout=args.timeout)
+    print(f"ready: HTTP {spec.http_url}  gRPC {spec.grpc_url}  metrics {spec.host}:{spec.metrics_port}/metrics")
+    print(f"model: {C.MODEL_NAME}  (log: {spec.log_path})")
+    if args.background:
+        state = write_state(server)
+        print(f"running in the background, pid {server.pid} ({state}); stop it with `build-ensemble stop`")
+        return 0
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        print("stopping ...", file=sys.stderr)
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from build_ensemble.server import stop_background
+
+    state = stop_background(args.state_dir)
+    if state is None:
+        print(f"no background server recorded in {args.state_dir}")
+        return 1
+    print(f"stopped tritonserver pid {state['pid']}")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from build_ensemble.client import RetrievalClient
+
+    with RetrievalClient(args.url, args.protocol, timeout=args.timeout) as client:
+        answers = client.recommend(args.user_id)
+    served = len(answers[0].item_ids) if answers else 0
+    if args.k is not None and not 0 < args.k <= served:
+        raise RecsysError(f"--k must be between 1 and {served} (the number of items the model returns), got {args.k}")
+    k = args.k or served
+    out = [
+        {"user_id": a.user_id, "items": a.item_ids[:k], "scores": [round(s, 6) for s in a.scores[:k]],
+         "fallback": a.fallback, **({"item_features": {n: v[:k] for n, v in a.item_features.items()}} if a.item_features else {})}
+        for a in answers
+    ]
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Build on the default data set, serve, ask a few users over both protocols, stop."""
+    import pandas as pd
+
+    from build_ensemble.client import RetrievalClient
+    from build_ensemble.pipeline import build
+    from build_ensemble.server import TritonServer
+
+    config = _config_from_args(args)
+    result = build(config, ConsoleReporter())
+    _print_build(result)
+    args.repository, args.feature_repo = config.repository, config.feature_repo
+    spec = _server_spec(args)
+    print(f"\n==> serve (log: {spec.log_path})", file=sys.stderr, flush=True)
+    users = pd.read_parquet(result.out / C.TEST_FILE, columns=[C.USER_ID])[C.USER_ID].unique()[:3].tolist()
+    unknown = int(pd.read_parquet(result.out / C.USER_FEATURES_FILE)[C.USER_ID].max()) + 1
+    with TritonServer(spec).start(timeout=args.timeout):
+        for protocol, url in (("grpc", spec.grpc_url), ("http", spec.http_url)):
+            with RetrievalClient(url, protocol) as client:
+                answers = client.recommend(users + [unknown])
+            print(f"\n{protocol.upper()} {url}  users {users} and unknown user {unknown}:")
+            for a in answers:
+                tag = "  (fallback: popular items)" if a.fallback else ""
+                print(f"  user {a.user_id:>8}: items {a.item_ids}{tag}")
+    print("\nserver stopped. Serve it yourself with `build-ensemble serve`.")
+    return 0
+
+
+def _add_server_options(parser: argparse.ArgumentParser, with_repos: bool = True) -> None:
+    if with_repos:
+        parser.add_argument("--repository", default="model_repository", help="Triton model repository (default: model_repository)")
+        parser.add_argument("--feature-repo", default=None,
+                            help="Feast repository the models read (default: the one recorded at build, beside the model repository)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
+    parser.add_argument("--http-port", type=int, default=8000, help="HTTP port (default: 8000)")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default: 8001)")
+    parser.add_argument("--metrics-port", type=int, default=8002, help="metrics port (default: 8002)")
+    parser.add_argument("--state-dir", default=".serve", help="server log, pid file and backend links (default: .serve)")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the server to be ready")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="build-ensemble", description=__doc__)
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("build", help="run the whole pipeline: data, workflow, model, evaluation, feature store, index, ensemble")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("evaluate", help="test metrics of an existing build, from its exported embeddings")
+    p.add_argument("--out", default="artifacts", help="build folder (default: artifacts)")
+    p.add_argument("--ks", nargs="+", type=int, default=None, help="cut-offs (default: the build's)")
+    p.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
+                   help="mask training and validation items (default: the build's setting)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("serve", help="start tritonserver on the model repository and wait until ready")
+    _add_server_options(p)
+    p.add_argument("--background", action="store_true", help="return once ready; stop with `build-ensemble stop`")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("stop", help="stop a server started with `serve --background`")
+    p.add_argument("--state-dir", default=".serve", help="state folder given to serve (default: .serve)")
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("recommend", help="ask the served model for the top-k items of users; prints JSON")
+    p.add_argument("--user-id", type=int, action="append", required=True, help="raw user id (repeat for several)")
+    p.add_argument("--k", type=int, default=None, help="items per user (at most what the model returns)")
+    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="protocol (default: grpc)")
+    p.add_argument("--url", default=None, help="host:port (default: 127.0.0.1:8001 for gRPC, :8000 for HTTP)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("demo", help="build on the default data set, serve, query a few users over gRPC and HTTP, stop")
+    _add_config_options(p)
+    _add_server_options(p, with_repos=False)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    _quiet_libraries()
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        return args.func(args)
+    except RecsysError as exc:
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001  one line unless --verbose
+        if args.verbose:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (run with --verbose for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Client of the served retrieval model, over gRPC or HTTP (KServe v2), with one request builder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from build_ensemble import constants as C
+
+PROTOCOLS = ("grpc", "http")
+DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
+
+
+@dataclass
+class Recommendation:
+    """Top-k items of one user.
+
+    Attributes:
+        user_id: raw user id.
+        item_ids: raw item ids, best first.
+        scores: their scores (inner products; popularity shares for a fallback).
+        fallback: True when the user was unknown and got the popular items.
+        item_features: ``{feature: [k] values}`` when the model returns them.
+    """
+
+    user_id: int
+    item_ids: list
+    scores: list
+    fallback: bool
+    item_features: dict = field(default_factory=dict)
+
+
+def _module(protocol: str):
+    if protocol == "grpc":
+        import tritonclient.grpc as module
+    elif protocol == "http":
+        import tritonclient.http as module
+    else:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    return module
+
+
+def build_inputs(module, user_ids) -> list:
+    """The request's inputs: ``user_id`` as ``[n, 1]`` INT64.
+
+    Args:
+        module: ``tritonclient.grpc`` or ``tritonclient.http``.
+        user_ids: ``[n]`` raw user ids.
+    """
+    ids = np.asarray(user_ids, dtype=np.int64).reshape(-1, 1)
+    tensor = module.InferInput(C.INPUT_USER_ID, list(ids.shape), "INT64")
+    tensor.set_data_from_numpy(ids)
+    return [tensor]
+
+
+def parse_outputs(user_ids, outputs: dict) -> list:
+    """Turn the model's output arrays into one :class:`Recommendation` per user."""
+    features = {
+        name.removeprefix(C.ITEM_FEATURE_OUTPUT_PREFIX): values
+        for name, values in outputs.items()
+        if name.startswith(C.ITEM_FEATURE_OUTPUT_PREFIX) and name != C.OUTPUT_ITEM_IDS
+    }
+    result = []
+    for row, user in enumerate(np.asarray(user_ids).reshape(-1)):
+        result.append(
+            Recommendation(
+                user_id=int(user),
+                item_ids=outputs[C.OUTPUT_ITEM_IDS][row].astype(np.int64).tolist(),
+                scores=outputs[C.OUTPUT_SCORES][row].astype(float).tolist(),
+                fallback=bool(outputs[C.OUTPUT_FALLBACK][row].reshape(-1)[0]),
+                item_features={
+                    k: [v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v for v in vals[row]]
+                    for k, vals in features.items()
+                },
+            )
+        )
+    return result
+
+
+class RetrievalClient:
+    """Asks the served model for the top-k items of users.
+
+    Args:
+        url: ``host:port`` of the server (default: loopback, the protocol's default port).
+        protocol: ``grpc`` or ``http``.
+        model: Triton model name.
+        timeout: seconds per request.
+    """
+
+    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = C.MODEL_NAME, timeout: float = 30.0):
+        self.protocol = protocol
+        self.module = _module(protocol)
+        self.url = url or DEFAULT_URLS[protocol]
+        self.model = model
+        self.timeout = timeout
+        if protocol == "grpc":
+            self.client = self.module.InferenceServerClient(self.url)
+        else:
+            self.client = self.module.InferenceServerClient(self.url, connection_timeout=timeout, network_timeout=timeout)
+
+    def infer(self, user_ids) -> dict:
+        """Raw output arrays of one request, by output name.
+
+        Raises:
+            tritonclient.utils.InferenceServerException: with the server's message.
+        """
+        inputs = build_inputs(self.module, user_ids)
+        kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+        response = self.client.infer(self.model, inputs, **kwargs)
+        names = [o["name"] for o in self._outputs()]
+        return {name: response.as_numpy(name) for name in names}
+
+    def recommend(self, user_ids) -> list:
+        """One :class:`Recommendation` per user, in request order."""
+        return parse_outputs(user_ids, self.infer(user_ids))
+
+    def _outputs(self) -> list:
+        if not hasattr(self, "_output_meta"):
+            meta = self.client.get_model_metadata(self.model)
+            outputs = meta["outputs"] if isinstance(meta, dict) else [{"name": o.name} for o in meta.outputs]
+            self._output_meta = outputs
+        return self._output_meta
+
+    def is_ready(self) -> bool:
+        return bool(self.client.is_server_ready())
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> "RetrievalClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

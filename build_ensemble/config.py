@@ -1,0 +1,192 @@
+"""Build configuration: one typed dataclass, set by defaults, a YAML file and CLI flags.
+
+Precedence, lowest first: field defaults, the data set's defaults (``DATASET_DEFAULTS``),
+the YAML file, CLI flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from build_ensemble.errors import ConfigError
+
+DATASETS = ("synthetic-aliccp", "aliccp", "movielens-100k")
+SPLITS = ("random", "temporal")
+INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
+TOWER_BACKENDS = ("python", "tensorflow")
+OPTIMIZERS = ("adam", "adagrad", "sgd")
+
+
+def _opt(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field whose help text also documents the CLI flag."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class BuildConfig:
+    """Every option of `build-ensemble build`; the CLI flags are generated from these fields."""
+
+    # Data.
+    dataset: str = _opt("synthetic-aliccp", "data source", choices=DATASETS)
+    rows: int = _opt(100_000, "synthetic-aliccp: number of interaction rows to generate")
+    train_glob: str | None = _opt(None, "aliccp: glob of the training parquet files (raw Ali-CCP format)")
+    valid_glob: str | None = _opt(
+        None, "aliccp: glob of the validation parquet files; split half/half into valid and test"
+    )
+    split: str = _opt("random", "movielens-100k: per-user 80/10/10 split, random or by time", choices=SPLITS)
+    seed: int = _opt(0, "seed of the data split, the synthetic generator and model initialisation")
+    cache_dir: str = _opt("~/.cache/build-ensemble", "where downloaded data sets are kept")
+
+    # Outputs.
+    out: str = _opt("artifacts", "build folder for the exported artifacts")
+    feature_repo: str = _opt("feature_repo", "Feast repository the build writes and materializes")
+    repository: str = _opt("model_repository", "Triton model repository the build exports")
+
+    # Model.
+    query_tower: list = _opt([128, 64], "query tower MLP layer sizes (last layer has no activation)")
+    item_tower: list | None = _opt(None, "item tower MLP layer sizes (default: same as query tower)")
+    optimizer: str = _opt("adam", "optimizer", choices=OPTIMIZERS)
+    learning_rate: float = _opt(3e-3, "learning rate")
+    epochs: int = _opt(5, "maximum training epochs (early stopping on validation NDCG picks the best)")
+    patience: int = _opt(3, "epochs without validation improvement before stopping")
+    batch_size: int = _opt(1024, "training batch size (also the number of in-batch negatives)")
+    l2_reg: float = _opt(0.0, "L2 penalty on the embeddings looked up in each batch")
+    logq: bool = _opt(True, "logQ-correct in-batch negatives by item popularity")
+    temperature: float = _opt(1.0, "logits temperature of the contrastive loss")
+
+    # Evaluation.
+    ks: list = _opt([10], "cut-offs k of Recall@k and NDCG@k")
+    exclude_seen: bool = _opt(False, "mask items the user interacted with in training (and validation, at test)")
+    eval_users: int = _opt(5000, "at most this many users score the validation set after each epoch")
+
+    # Index and serving.
+    index: str = _opt("auto", "FAISS index: exact flat, IVF, HNSW, or auto by catalog size", choices=INDEX_KINDS)
+    top_k: int = _opt(10, "number of items the served ensemble returns per user")
+    tower_backend: str = _opt(
+        "python", "where Triton runs the query tower: python (any server) or tensorflow (GPU images)",
+        choices=TOWER_BACKENDS,
+    )
+    with_item_features: bool = _opt(False, "also return the item features of each candidate (from Feast)")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field.
+
+        Raises:
+            ConfigError: naming the field, the value received and what is allowed.
+        """
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name}: got {value!r}, expected one of {', '.join(choices)}")
+        positive = ("rows", "epochs", "batch_size", "top_k", "eval_users", "patience")
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: got {getattr(self, name)!r}, expected a positive integer")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate: got {self.learning_rate!r}, expected a positive number")
+        if self.l2_reg < 0:
+            raise ConfigError(f"l2_reg: got {self.l2_reg!r}, expected >= 0")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature: got {self.temperature!r}, expected a positive number")
+        for name in ("query_tower", "item_tower", "ks"):
+            value = getattr(self, name)
+            if value is None and name == "item_tower":
+                continue
+            if not value or not all(isinstance(v, int) and v > 0 for v in value):
+                raise ConfigError(f"{name}: got {value!r}, expected a list of positive integers")
+        if self.item_tower and self.item_tower[-1] != self.query_tower[-1]:
+            raise ConfigError(
+                f"item_tower: its last layer ({self.item_tower[-1]}) must equal the query tower's "
+                f"({self.query_tower[-1]}): the score is their dot product"
+            )
+        if self.dataset == "aliccp" and not (self.train_glob and self.valid_glob):
+            raise ConfigError("dataset aliccp needs --train-glob and --valid-glob (parquet files)")
+
+    @property
+    def item_tower_dims(self) -> list:
+        """Item tower layer sizes, defaulting to the query tower's."""
+        return list(self.item_tower or self.query_tower)
+
+    def to_dict(self) -> dict:
+        """The configuration as plain data (for manifests)."""
+        return dataclasses.asdict(self)
+
+
+# Settings that differ by data set. They were chosen on MovieLens-100K validation data
+# (see README, "Retrieval quality"); synthetic Ali-CCP has no signal to tune on.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "synthetic-aliccp": {"epochs": 3},
+    "aliccp": {},
+    "movielens-100k": {
+        "exclude_seen": True,
+        "epochs": 40,
+        "patience": 4,
+        "learning_rate": 3e-3,
+        "batch_size": 1024,
+        "l2_reg": 5e-5,
+    },
+}
+
+
+def _normalise_keys(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(BuildConfig)}
+    out = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in names:
+            raise ConfigError(f"{source}: unknown option {key!r}; known options: {', '.join(sorted(names))}")
+        out[name] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML configuration file.
+
+    Raises:
+        ConfigError: if the file is missing, is not YAML, or names an unknown option.
+    """
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of option: value")
+    return _normalise_keys(values, str(path))
+
+
+def make_config(
+    yaml_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> BuildConfig:
+    """Merge defaults, data-set defaults, a YAML file and explicit overrides.
+
+    Args:
+        yaml_path: optional YAML file of ``option: value``.
+        overrides: values set explicitly (CLI flags); ``None`` values are ignored.
+
+    Raises:
+        ConfigError: for unknown options or invalid values.
+    """
+    from_file = read_yaml(yaml_path) if yaml_path else {}
+    explicit = _normalise_keys({k: v for k, v in (overrides or {}).items() if v is not None}, "option")
+    dataset = explicit.get("dataset", from_file.get("dataset", BuildConfig.dataset))
+    if dataset not in DATASETS:
+        raise ConfigError(f"dataset: got {dataset!r}, expected one of {', '.join(DATASETS)}")
+    values = {**DATASET_DEFAULTS[dataset], **from_file, **explicit}
+    try:
+        return BuildConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None

@@ -1,0 +1,42 @@
+"""Names shared between the build, the feature store, the Triton models and the clients."""
+
+# Columns of the raw interaction data.
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+CLICK = "click"
+TIMESTAMP = "timestamp"
+
+# Feast.
+FEAST_PROJECT = "retrieval"
+USER_VIEW = "user_features"
+ITEM_VIEW = "item_features"
+EVENT_TIMESTAMP = "event_timestamp"
+CREATED_TIMESTAMP = "created"
+
+# Triton tensors of the retrieval model.
+MODEL_NAME = "retrieval"
+INPUT_USER_ID = "user_id"
+OUTPUT_ITEM_IDS = "item_ids"
+OUTPUT_SCORES = "scores"
+OUTPUT_FALLBACK = "fallback"
+ITEM_FEATURE_OUTPUT_PREFIX = "item_"
+# Where the served models find the Feast repository (overrides the path relative to the
+# model repository that the build records).
+FEATURE_REPO_ENV = "BUILD_ENSEMBLE_FEATURE_REPO"
+
+# Files of a build folder.
+TRAIN_FILE = "train.parquet"
+VALID_FILE = "valid.parquet"
+TEST_FILE = "test.parquet"
+USER_FEATURES_FILE = "user_features.parquet"
+ITEM_FEATURES_FILE = "item_features.parquet"
+USER_EMBEDDINGS_FILE = "user_embeddings.parquet"
+ITEM_EMBEDDINGS_FILE = "item_embeddings.parquet"
+WORKFLOW_DIR = "workflow"
+QUERY_TOWER_DIR = "query_tower"
+ITEM_TOWER_DIR = "item_tower"
+INDEX_DIR = "index"
+METRICS_FILE = "metrics.json"
+MANIFEST_FILE = "manifest.json"
+HISTORY_FILE = "history.json"
+LOSS_PLOT_FILE = "loss.png"

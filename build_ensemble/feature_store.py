@@ -1,0 +1,145 @@
+"""The Feast feature repository: write it, apply and materialize it, read features online.
+
+The repository keeps every path relative to its own folder (file registry, SQLite online
+store, parquet sources), so it can be copied or moved as a whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from datetime import datetime, timedelta, timezone
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from build_ensemble import constants as C
+from build_ensemble.errors import ArtifactNotFoundError
+
+os.environ.setdefault("FEAST_USAGE", "False")  # no telemetry: there may be no internet
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE_FILES = ("feature_store.yaml", "features.py", ".feastignore")
+USER_SOURCE = "data/user_features.parquet"
+ITEM_SOURCE = "data/item_features.parquet"
+
+
+def write_repo(repo_dir: str | Path, users: pd.DataFrame, items: pd.DataFrame, timestamp: datetime) -> Path:
+    """Write the definitions and the parquet sources of the feature repository.
+
+    Args:
+        repo_dir: folder to write (created if needed); its ``data/`` is replaced.
+        users: raw user features, one row per ``user_id``.
+        items: raw item features, one row per ``item_id``.
+        timestamp: tz-aware event time given to every row.
+    """
+    if timestamp.tzinfo is None:
+        raise ValueError("timestamp must be timezone-aware (Feast assumes naive times are UTC)")
+    repo = Path(repo_dir)
+    template = resources.files("build_ensemble") / "templates" / "feature_repo"
+    repo.mkdir(parents=True, exist_ok=True)
+    for name in TEMPLATE_FILES:
+        (repo / name).write_text((template / name).read_text())
+    data_dir = repo / "data"
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    data_dir.mkdir()
+    for table, source in ((users, USER_SOURCE), (items, ITEM_SOURCE)):
+        table = table.copy()
+        for column in table.columns:
+            if pd.api.types.is_integer_dtype(table[column].dtype):
+                table[column] = table[column].astype("int64")
+        table[C.EVENT_TIMESTAMP] = pd.Timestamp(timestamp)
+        table[C.CREATED_TIMESTAMP] = pd.Timestamp(timestamp)
+        table.to_parquet(repo / source, index=False)
+    return repo
+
+
+def apply_repo(repo_dir: str | Path) -> None:
+    """``feast apply``, in process: register the definitions in ``features.py`` and create the tables.
+
+    The definitions file is loaded under a private module name, so several repositories
+    can be applied in one process.
+    """
+    import importlib.util
+
+    from feast import Entity, FeatureService, FeatureView
+
+    repo = Path(repo_dir).resolve()
+    spec = importlib.util.spec_from_file_location(f"_feast_definitions_{abs(hash(repo))}", repo / "features.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    kinds = (Entity, FeatureView, FeatureService)
+    objects = [value for value in vars(module).values() if isinstance(value, kinds)]
+    with contextlib.chdir(repo):
+        open_store(repo, require_registry=False).apply(objects)
+
+
+def materialize_repo(repo_dir: str | Path, timestamp: datetime) -> None:
+    """Load every row of the parquet sources into the online store.
+
+    An explicit range around the rows' event time is used, so no row is skipped whatever
+    the TTL (``materialize-incremental`` would start at now - ttl).
+    """
+    repo = Path(repo_dir).resolve()
+    with contextlib.chdir(repo):
+        store = open_store(repo)
+        store.materialize(timestamp - timedelta(seconds=1), datetime.now(timezone.utc) + timedelta(minutes=1))
+
+
+def open_store(repo_dir: str | Path, require_registry: bool = True):
+    """Open the feature store of a repository written by the build.
+
+    Raises:
+        ArtifactNotFoundError: if the repository or (with ``require_registry``) its registry is missing.
+    """
+    from feast import FeatureStore
+
+    repo = Path(repo_dir)
+    required = ("feature_store.yaml", "data/registry.db") if require_registry else ("feature_store.yaml",)
+    for required in required:
+        if not (repo / required).exists():
+            raise ArtifactNotFoundError(
+                f"feature repository {repo}: {required} is missing; run `build-ensemble build` "
+                f"(or `feast apply` and `feast materialize` inside it)"
+            )
+    return FeatureStore(repo_path=str(repo))
+
+
+def view_features(store, view: str) -> list[str]:
+    """Feature names of a feature view, in registry order."""
+    return [f.name for f in store.get_feature_view(view).features]
+
+
+def read_online(store, view: str, entity: str, ids: np.ndarray, features: list[str]) -> tuple[dict, np.ndarray]:
+    """Online features of ``ids``, selected by name (Feast's output order is arbitrary).
+
+    Args:
+        store: the feature store.
+        view: feature view name.
+        entity: join key (``user_id`` or ``item_id``).
+        ids: ``[n]`` int64 raw ids.
+        features: feature names to read.
+
+    Returns:
+        ``({feature: [n] object array}, found)`` where ``found`` is ``[n]`` bool: False where
+        the store has no row for the id (every feature is None). A missing single feature
+        is None too; the workflow's Categorify maps it to its null index.
+    """
+    rows = [{entity: int(i)} for i in ids]
+    refs = [f"{view}:{name}" for name in features]
+    values = store.get_online_features(features=refs, entity_rows=rows).to_dict()
+    columns = {}
+    for name in features:
+        column = np.empty(len(rows), dtype=object)
+        column[:] = values[name]
+        columns[name] = column
+    found = np.zeros(len(rows), dtype=bool)
+    for column in columns.values():
+        found |= np.array([v is not None for v in column], dtype=bool)
+    return columns, found

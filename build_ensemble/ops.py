@@ -1,0 +1,326 @@
+"""Merlin-systems operators of the retrieval graph.
+
+``user_id -> QueryUserFeatures -> EncodeUserFeatures -> PredictQueryTower -> QueryIndex
+[-> QueryItemFeatures]``
+
+They follow merlin-systems' operator API (schemas in and out, ``save_artifacts`` /
+``load_artifacts``) and replace the stock ``QueryFeast``, ``TransformWorkflow``,
+``PredictTensorflow`` and ``QueryFaiss`` where those are wrong for this service: ids stay
+int64, each user of a batch gets its own top-k, unknown users get the popular items and a
+``fallback`` flag, constructors do no I/O, no absolute path is pickled, and the tower
+reloads after unpickling. Artifacts are loaded only from an exported repository
+(``load_artifacts(path)``); merlin's ``Graph`` calls it with "" at construction, which is a
+no-op. Each operator passes the ``found`` column through so the graph
+stays a chain (merlin's executor would run a shared parent twice).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from build_ensemble import constants as C
+from build_ensemble.encoding import CATEGORIES_DIR, CategoryEncoder, copy_categories
+from build_ensemble.errors import ArtifactNotFoundError, RecsysError
+
+from merlin.dag import BaseOperator, ColumnSelector  # noqa: E402  (import order: merlin after ours)
+from merlin.schema import ColumnSchema, Schema  # noqa: E402
+
+FOUND = "found"
+QUERY_EMBEDDING = "query_embedding"
+TOWER_DIR = "query_tower"
+INDEX_DIR = "index"
+POPULAR_FILE = "popular.parquet"
+
+
+def _table(transformable, columns: dict):
+    return type(transformable)(columns)
+
+
+def _values(transformable, name: str) -> np.ndarray:
+    return transformable[name].values
+
+
+def _repository_root(artifact_path: str) -> Path:
+    """``<repository>/<model>/<version>/ensemble`` -> ``<repository>``."""
+    return Path(artifact_path).resolve().parents[2]
+
+
+def resolve_feature_repo(artifact_path: str, relative: str) -> Path:
+    """Where the feature repository is at serving time.
+
+    ``$BUILD_ENSEMBLE_FEATURE_REPO`` wins; otherwise ``relative`` is taken from the model
+    repository's folder (``../feature_repo`` when both sit side by side).
+    """
+    override = os.environ.get(C.FEATURE_REPO_ENV)
+    return Path(override) if override else (_repository_root(artifact_path) / relative).resolve()
+
+
+class _FeastOperator(BaseOperator):
+    """Shared state of the operators that read a Feast feature view online."""
+
+    def __init__(self, feature_repo: str, view: str, entity: str, features: dict):
+        super().__init__()
+        self.feature_repo = feature_repo
+        self.view = view
+        self.entity = entity
+        self.features = dict(features)
+        self._store = None
+
+    def load_artifacts(self, artifact_path: str = "") -> None:
+        from build_ensemble.feature_store import open_store, view_features
+
+        if not artifact_path:  # merlin's Graph() calls this before export: nothing to load yet
+            return
+        repo = resolve_feature_repo(artifact_path, self.feature_repo)
+        self._store = open_store(repo)
+        missing = set(self.features) - set(view_features(self._store, self.view))
+        if missing:
+            raise ArtifactNotFoundError(
+                f"feature repository {repo}: view {self.view} lacks {', '.join(sorted(missing))}; rebuild it"
+            )
+
+    def _read(self, ids: np.ndarray) -> tuple[dict, np.ndarray]:
+        from build_ensemble.feature_store import read_online
+
+        try:
+            return read_online(self._store, self.view, self.entity, ids, list(self.features))
+        except Exception as exc:  # the online store is outside this process: say so plainly
+            raise RecsysError(f"feature store lookup in view {self.view} failed: {exc}") from exc
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_store"}
+
+
+class QueryUserFeatures(_FeastOperator):
+    """Reads the raw features of each ``user_id`` from Feast; ``found`` is False for unknown users.
+
+    Args:
+        feature_repo: feature repository path relative to the model repository's folder.
+        features: ``{name: numpy dtype}`` of the user features to read.
+        view: feature view name.
+    """
+
+    def __init__(self, feature_repo: str, features: dict, view: str = C.USER_VIEW):
+        super().__init__(feature_repo, view, C.USER_ID, features)
+
+    def transform(self, col_selector: ColumnSelector, transformable):
+        ids = _values(transformable, C.USER_ID).reshape(-1).astype(np.int64)
+        columns, found = self._read(ids)
+        return _table(transformable, {C.USER_ID: ids, **columns, FOUND: found})
+
+    def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None):
+        return Schema(
+            [ColumnSchema(C.USER_ID, dtype=np.int64)]
+            + [ColumnSchema(name, dtype=dtype) for name, dtype in self.features.items()]
+            + [ColumnSchema(FOUND, dtype=bool)]
+        )
+
+
+class EncodeUserFeatures(BaseOperator):
+    """Applies the fitted user-side Categorify of the NVTabular workflow (vectorized).
+
+    Args:
+        workflow_dir: saved workflow whose categories are copied at export.
+        columns: user columns to encode (``user_id`` and the user features).
+    """
+
+    def __init__(self, workflow_dir: str, columns: list):
+        super().__init__()
+        self.workflow_dir = str(workflow_dir)
+        self.columns = list(columns)
+        self._encoders: dict = {}
+
+    def save_artifacts(self, artifact_path: str) -> None:
+        copy_categories(self.workflow_dir, self.columns, artifact_path)
+
+    def load_artifacts(self, artifact_path: str = "") -> None:
+        if not artifact_path:
+            return
+        folder = Path(artifact_path) / CATEGORIES_DIR
+        self._encoders = {c: CategoryEncoder.read(folder, c) for c in self.columns}
+
+    def transform(self, col_selector: ColumnSelector, transformable):
+        columns = {c: self._encoders[c].encode(_values(transformable, c)) for c in self.columns}
+        return _table(transformable, {**columns, FOUND: _values(transformable, FOUND)})
+
+    def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None):
+        return Schema(
+            [ColumnSchema(c, dtype=np.int64) for c in self.columns] + [ColumnSchema(FOUND, dtype=bool)]
+        )
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_encoders"}
+
+
+class PredictQueryTower(BaseOperator):
+    """Runs the query tower (a TensorFlow SavedModel) inside the executor process.
+
+    Unlike merlin-systems' ``PredictTensorflow``, it reloads the SavedModel from the
+    exported artifacts after unpickling.
+
+    Args:
+        saved_model_dir: the tower exported by the build (copied at export).
+        inputs: names of the tower's int64 inputs, in signature order.
+        output: name of the signature's output.
+        dim: embedding size.
+    """
+
+    def __init__(self, saved_model_dir: str, inputs: list, output: str, dim: int):
+        super().__init__()
+        self.saved_model_dir = str(saved_model_dir)
+        self.inputs = list(inputs)
+        self.output = output
+        self.dim = int(dim)
+        self._signature = None
+
+    def save_artifacts(self, artifact_path: str) -> None:
+        shutil.copytree(self.saved_model_dir, Path(artifact_path) / TOWER_DIR, dirs_exist_ok=True)
+
+    def load_artifacts(self, artifact_path: str = "") -> None:
+        if not artifact_path:
+            return
+        import tensorflow as tf
+
+        path = Path(artifact_path) / TOWER_DIR
+        self._model = tf.saved_model.load(str(path))
+        self._signature = self._model.signatures["serving_default"]
+
+    def transform(self, col_selector: ColumnSelector, transformable):
+        import tensorflow as tf
+
+        feeds = {name: tf.constant(_values(transformable, name), dtype=tf.int64) for name in self.inputs}
+        embedding = self._signature(**feeds)[self.output].numpy()
+        return _table(transformable, {QUERY_EMBEDDING: embedding, FOUND: _values(transformable, FOUND)})
+
+    def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None):
+        return Schema(
+            [ColumnSchema(QUERY_EMBEDDING, dtype=np.float32, dims=(None, self.dim)), ColumnSchema(FOUND, dtype=bool)]
+        )
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_signature", "_model")}
+
+
+class QueryIndex(BaseOperator):
+    """Top-k items of each query embedding from the FAISS index; popular items for unknown users.
+
+    Outputs ``item_ids`` ``[n, k]`` int64 (raw ids), ``scores`` ``[n, k]`` float32 (inner
+    products; for fallback rows the items' share of training clicks) and ``fallback``
+    ``[n, 1]`` bool. Slots an ANN index leaves empty are filled with popular items.
+
+    Args:
+        index_dir: folder written by the build (``items.faiss``, ``index.json``, ``popular.parquet``).
+        top_k: number of items per user.
+    """
+
+    def __init__(self, index_dir: str, top_k: int):
+        super().__init__()
+        self.index_dir = str(index_dir)
+        self.top_k = int(top_k)
+        self._index = None
+
+    def save_artifacts(self, artifact_path: str) -> None:
+        shutil.copytree(self.index_dir, Path(artifact_path) / INDEX_DIR, dirs_exist_ok=True)
+
+    def load_artifacts(self, artifact_path: str = "") -> None:
+        if not artifact_path:
+            return
+        from build_ensemble.index import load_index
+
+        folder = Path(artifact_path) / INDEX_DIR
+        self._index, _ = load_index(folder)
+        popular = pd.read_parquet(folder / POPULAR_FILE)
+        self._popular_ids = popular[C.ITEM_ID].to_numpy(np.int64)
+        self._popular_scores = popular["score"].to_numpy(np.float32)
+
+    def transform(self, col_selector: ColumnSelector, transformable):
+        queries = np.ascontiguousarray(_values(transformable, QUERY_EMBEDDING), dtype=np.float32)
+        found = _values(transformable, FOUND).astype(bool).reshape(-1)
+        n, k = len(found), self.top_k
+        ids = np.empty((n, k), dtype=np.int64)
+        scores = np.empty((n, k), dtype=np.float32)
+        ids[~found], scores[~found] = self._popular_ids[:k], self._popular_scores[:k]
+        if found.any():
+            found_scores, found_ids = self._index.search(queries[found], k)
+            ids[found], scores[found] = self._fill_empty(found_ids, found_scores)
+        return _table(
+            transformable,
+            {C.OUTPUT_ITEM_IDS: ids, C.OUTPUT_SCORES: scores, C.OUTPUT_FALLBACK: ~found.reshape(-1, 1)},
+        )
+
+    def _fill_empty(self, ids: np.ndarray, scores: np.ndarray):
+        """Replace the -1 slots of an ANN result by popular items not already listed."""
+        for row in np.flatnonzero((ids < 0).any(axis=1)):
+            empty = ids[row] < 0
+            extra = [i for i in self._popular_ids if i not in set(ids[row])][: int(empty.sum())]
+            ids[row, empty] = extra
+            scores[row, empty] = scores[row, ~empty].min() if (~empty).any() else 0.0
+        return ids, scores
+
+    def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None):
+        return Schema(
+            [
+                ColumnSchema(C.OUTPUT_ITEM_IDS, dtype=np.int64, dims=(None, self.top_k)),
+                ColumnSchema(C.OUTPUT_SCORES, dtype=np.float32, dims=(None, self.top_k)),
+                ColumnSchema(C.OUTPUT_FALLBACK, dtype=bool, dims=(None, 1)),
+            ]
+        )
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+class QueryItemFeatures(_FeastOperator):
+    """Adds the raw features of every candidate from Feast, ready for a ranking stage.
+
+    Each feature ``f`` becomes an output ``item_f`` of shape ``[n, k]``; list features are
+    joined with ``|`` into one string.
+
+    Args:
+        feature_repo: feature repository path relative to the model repository's folder.
+        features: ``{name: numpy dtype}`` of the item features to return.
+        top_k: number of items per user.
+        view: feature view name.
+    """
+
+    def __init__(self, feature_repo: str, features: dict, top_k: int, view: str = C.ITEM_VIEW):
+        super().__init__(feature_repo, view, C.ITEM_ID, features)
+        self.top_k = int(top_k)
+
+    @staticmethod
+    def output_name(feature: str) -> str:
+        return C.ITEM_FEATURE_OUTPUT_PREFIX + feature
+
+    def transform(self, col_selector: ColumnSelector, transformable):
+        ids = _values(transformable, C.OUTPUT_ITEM_IDS)
+        unique, inverse = np.unique(ids, return_inverse=True)
+        columns, _ = self._read(unique)
+        out = {name: _values(transformable, name) for name in (C.OUTPUT_ITEM_IDS, C.OUTPUT_SCORES, C.OUTPUT_FALLBACK)}
+        for name, dtype in self.features.items():
+            values = columns[name][inverse].reshape(ids.shape)
+            out[self.output_name(name)] = _as_output(values, dtype)
+        return _table(transformable, out)
+
+    def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None):
+        passed = [input_schema[name] for name in (C.OUTPUT_ITEM_IDS, C.OUTPUT_SCORES, C.OUTPUT_FALLBACK)]
+        return Schema(
+            passed
+            + [
+                ColumnSchema(self.output_name(name), dtype=dtype, dims=(None, self.top_k))
+                for name, dtype in self.features.items()
+            ]
+        )
+
+
+def _as_output(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Feast values of an ``[n, k]`` object array as a typed array (missing -> 0 or '')."""
+    if dtype != "str":
+        return np.where(pd.isna(values), 0, values).astype(dtype)
+    flat = ["|".join(map(str, v)) if isinstance(v, (list, tuple, np.ndarray)) else ("" if v is None else str(v))
+            for v in values.reshape(-1)]
+    return np.array(flat, dtype=object).reshape(values.shape)

@@ -1,0 +1,302 @@
+"""The build: raw data -> workflow -> model -> evaluation -> artifacts -> feature store, index, repository.
+
+Everything is written to ``<target>.partial`` folders first and moved into place only when
+the whole build succeeded, so a failed build never leaves outputs that look good.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from build_ensemble import constants as C
+from build_ensemble import evaluate as ev
+from build_ensemble.config import BuildConfig, make_config
+from build_ensemble.data import PreparedData, fingerprint
+from build_ensemble.errors import ArtifactNotFoundError
+from build_ensemble.export import (
+    file_checksums,
+    item_popularity,
+    manifest,
+    plot_history,
+    read_embeddings,
+    write_embeddings,
+    write_json,
+)
+
+logger = logging.getLogger(__name__)
+
+MONITOR = "valid_ndcg@10"
+INDEX_QUERIES = 1000
+
+
+class Reporter:
+    """Receives progress; the default is silent (the CLI prints)."""
+
+    def stage(self, name: str) -> None:
+        """A stage starts."""
+
+    def epoch(self, record: dict) -> None:
+        """A training epoch ended."""
+
+    def iterate(self, items: Iterable, desc: str, total: int | None = None) -> Iterable:
+        """Wrap a long loop (the CLI shows a progress bar)."""
+        return items
+
+
+@dataclass
+class BuildResult:
+    """Where a build put things and how it scored."""
+
+    out: Path
+    feature_repo: Path
+    repository: Path
+    metrics: dict
+    manifest: dict
+
+
+def partial(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+def _fresh(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def _replace_dir(staged: Path, target: Path) -> None:
+    old = target.with_name(target.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    staged.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _replace_contents(staged: Path, target: Path, keep: tuple = ("README.md",)) -> None:
+    """Move everything from ``staged`` into ``target``, replacing same-named entries and
+    removing the rest (except ``keep``)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in target.iterdir():
+        if entry.name not in keep:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    for entry in staged.iterdir():
+        entry.rename(target / entry.name)
+    staged.rmdir()
+
+
+class _Timer:
+    def __init__(self, reporter: Reporter):
+        self.reporter = reporter
+        self.seconds: dict = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        self.reporter.stage(name)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        logger.info("%s: %.1f s", name, self.seconds[name])
+
+
+def prepare_data(config: BuildConfig, root: Path, reporter: Reporter) -> PreparedData:
+    """Dispatch to the data source named by ``config.dataset``."""
+    if config.dataset == "movielens-100k":
+        from build_ensemble.movielens import prepare_movielens
+
+        return prepare_movielens(config, root)
+    from build_ensemble.aliccp import prepare_aliccp
+
+    return prepare_aliccp(config, root, reporter.iterate)
+
+
+def score_build(out: Path, ks: list, exclude_seen: bool, seed: int = 0) -> dict:
+    """Test metrics of a build, from its exported embeddings and splits.
+
+    The Two-Tower model scores by the dot product of ``user_embeddings.parquet`` and
+    ``item_embeddings.parquet``; most-popular and random are scored by the same code. With
+    ``exclude_seen``, training and validation items are masked.
+
+    Raises:
+        ArtifactNotFoundError: if the build folder lacks embeddings or splits.
+    """
+    for name in (C.USER_EMBEDDINGS_FILE, C.ITEM_EMBEDDINGS_FILE, C.TEST_FILE):
+        if not (out / name).exists():
+            raise ArtifactNotFoundError(f"{out / name} is missing: is {out} a finished build?")
+    data = PreparedData.load(out)
+    user_ids, users = read_embeddings(out / C.USER_EMBEDDINGS_FILE, C.USER_ID)
+    item_ids, items = read_embeddings(out / C.ITEM_EMBEDDINGS_FILE, C.ITEM_ID)
+    catalog = ev.Catalog(user_ids, item_ids)
+    columns = [C.USER_ID, C.ITEM_ID, C.CLICK]
+    train, valid, test = (catalog.matrix(data.read_split(s, columns)) for s in ("train", "valid", "test"))
+    exclude = (train + valid) if exclude_seen else None
+    scorers = {
+        "two_tower": ev.dot_scorer(users, items),
+        "most_popular": ev.popularity_scorer(train),
+        "random": ev.random_scorer(len(item_ids), seed),
+    }
+    metrics = {"split": "test", "ks": list(ks), "exclude_seen": bool(exclude_seen)}
+    for name, scorer in scorers.items():
+        result = ev.evaluate(scorer, test, ks, exclude=exclude)
+        metrics["users"] = result.pop("users")
+        metrics[name] = result
+    return metrics
+
+
+def _train(config: BuildConfig, data: PreparedData, transformed, users: pd.DataFrame, items: pd.DataFrame, reporter):
+    """Train with per-epoch full-catalog validation; return the result and final embeddings."""
+    from build_ensemble.train import embed, train_model
+    from build_ensemble.workflow import ITEM_SUBGRAPH, USER_SUBGRAPH, encode, load_workflow
+
+    workflow = load_workflow(transformed.workflow_dir)
+    user_schema = workflow.get_subworkflow(USER_SUBGRAPH).output_schema
+    item_schema = workflow.get_subworkflow(ITEM_SUBGRAPH).output_schema
+    encoded_users = encode(workflow, USER_SUBGRAPH, users)
+    encoded_items = encode(workflow, ITEM_SUBGRAPH, items)
+    catalog = ev.Catalog(users[C.USER_ID].to_numpy(), items[C.ITEM_ID].to_numpy())
+    columns = [C.USER_ID, C.ITEM_ID, C.CLICK]
+    train = catalog.matrix(data.read_split("train", columns))
+    valid = catalog.matrix(data.read_split("valid", columns))
+    exclude = train if config.exclude_seen else None
+
+    def validate(model) -> dict:
+        user_vectors = embed(model.query_encoder, encoded_users, user_schema)
+        item_vectors = embed(model.candidate_encoder, encoded_items, item_schema)
+        scorer = ev.dot_scorer(user_vectors, item_vectors)
+        result = ev.evaluate(scorer, valid, [10], exclude=exclude, max_users=config.eval_users, seed=config.seed)
+        return {f"valid_{k}": v for k, v in result.items() if k != "users"}
+
+    result = train_model(config, transformed.train_dir, validate, MONITOR, reporter.epoch)
+    user_vectors = embed(result.model.query_encoder, encoded_users, user_schema)
+    item_vectors = embed(result.model.candidate_encoder, encoded_items, item_schema)
+    return result, user_vectors, item_vectors
+
+
+def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
+    """Run the whole pipeline and move its outputs into place.
+
+    Returns:
+        Paths of the build folder, feature repository and model repository, with the metrics.
+    """
+    from build_ensemble import feature_store as fs
+    from build_ensemble.ensemble import GraphSpec, RetrievalRuntime, make_ensemble, relative_feature_repo, tower_signature
+    from build_ensemble.index import build_index, save_index
+    from build_ensemble.train import save_towers
+    from build_ensemble.workflow import fit_workflow
+
+    reporter = reporter or Reporter()
+    out, feature_repo, repository = Path(config.out), Path(config.feature_repo), Path(config.repository)
+    staged_out, staged_repo, staged_models = (_fresh(partial(p)) for p in (out, feature_repo, repository))
+    timer = _Timer(reporter)
+    try:
+        with timer.stage("data"):
+            data = prepare_data(config, staged_out, reporter)
+        with timer.stage("workflow"):
+            transformed = fit_workflow(data, staged_out, staged_out / ".work", config.seed)
+        users = pd.read_parquet(data.users)
+        items = pd.read_parquet(data.items)
+        with timer.stage("train"):
+            result, user_vectors, item_vectors = _train(config, data, transformed, users, items, reporter)
+            query_dir, _ = save_towers(result.model, staged_out)
+        with timer.stage("evaluate"):
+            write_embeddings(staged_out / C.USER_EMBEDDINGS_FILE, C.USER_ID, users[C.USER_ID], user_vectors)
+            write_embeddings(staged_out / C.ITEM_EMBEDDINGS_FILE, C.ITEM_ID, items[C.ITEM_ID], item_vectors)
+            metrics = score_build(staged_out, config.ks, config.exclude_seen, config.seed)
+            metrics["best_epoch"] = result.best_epoch
+            metrics["validation"] = {k: v for k, v in result.history[result.best_epoch - 1].items() if k.startswith("valid_")}
+            write_json(staged_out / C.METRICS_FILE, metrics)
+            write_json(staged_out / C.HISTORY_FILE, {"history": result.history, "best_epoch": result.best_epoch})
+            plot_history(result.history, staged_out / C.LOSS_PLOT_FILE, MONITOR)
+        with timer.stage("index"):
+            sample = np.random.default_rng(config.seed).permutation(len(user_vectors))[:INDEX_QUERIES]
+            index, index_info = build_index(
+                item_vectors, items[C.ITEM_ID].to_numpy(), user_vectors[np.sort(sample)], config.index, config.top_k,
+                seed=config.seed,
+            )
+            index_dir = save_index(index, index_info, staged_out / C.INDEX_DIR)
+            train_clicks = data.read_split("train", [C.ITEM_ID, C.CLICK])
+            item_popularity(train_clicks, items[C.ITEM_ID].to_numpy()).head(max(100, config.top_k)).to_parquet(
+                index_dir / "popular.parquet", index=False
+            )
+        with timer.stage("feature_store"):
+            stamp = datetime.now(timezone.utc).replace(microsecond=0)
+            fs.write_repo(staged_repo, users, items, stamp)
+            fs.apply_repo(staged_repo)
+            fs.materialize_repo(staged_repo, stamp)
+        with timer.stage("ensemble"):
+            inputs, output, dim = tower_signature(query_dir)
+            spec = GraphSpec(
+                workflow_dir=str(transformed.workflow_dir),
+                query_tower_dir=str(query_dir),
+                tower_inputs=inputs,
+                tower_output=output,
+                dim=dim,
+                index_dir=str(index_dir),
+                feature_repo=relative_feature_repo(feature_repo, repository),
+                user_features={f: _feast_dtype(users[f]) for f in data.spec.user_features},
+                item_features={f: _feast_dtype(items[f]) for f in items.columns if f != C.ITEM_ID},
+                top_k=config.top_k,
+                with_item_features=config.with_item_features,
+            )
+            models = RetrievalRuntime(config.tower_backend).export(make_ensemble(spec), staged_models)
+        shutil.rmtree(staged_out / ".work", ignore_errors=True)
+        info = manifest(
+            config.to_dict(),
+            {"fingerprint": fingerprint([data.split(s) for s in ("train", "valid", "test")] + [data.users, data.items]),
+             **data.counts},
+            metrics,
+            timer.seconds,
+            {
+                "index": index_info.__dict__,
+                "training": {"best_epoch": result.best_epoch, "examples_per_second": round(result.examples_per_second, 1)},
+                "models": models,
+                "feature_repo": str(feature_repo),
+                "repository": str(repository),
+                "checksums": file_checksums(staged_out, [C.QUERY_TOWER_DIR, C.WORKFLOW_DIR, C.INDEX_DIR]),
+            },
+        )
+        write_json(staged_out / C.MANIFEST_FILE, info)
+    except BaseException:
+        for staged in (staged_out, staged_repo, staged_models):
+            shutil.rmtree(staged, ignore_errors=True)
+        raise
+    _replace_dir(staged_out, out)
+    _replace_contents(staged_repo, feature_repo)
+    _replace_contents(staged_models, repository)
+    return BuildResult(out, feature_repo, repository, metrics, info)
+
+
+def _feast_dtype(column: pd.Series) -> str:
+    """The dtype a feature has after a Feast round trip: int64, float64, or str (strings and lists)."""
+    if pd.api.types.is_integer_dtype(column.dtype):
+        return "int64"
+    if pd.api.types.is_float_dtype(column.dtype):
+        return "float64"
+    return "str"
+
+
+def evaluate_build(out: str | Path, ks: list | None = None, exclude_seen: bool | None = None) -> dict:
+    """Metrics of an existing build (defaults: the build's own options)."""
+    import json
+
+    out = Path(out)
+    manifest_path = out / C.MANIFEST_FILE
+    if not manifest_path.exists():
+        raise ArtifactNotFoundError(f"{manifest_path} is missing: is {out} a finished build?")
+    options = make_config(overrides=json.loads(manifest_path.read_text())["options"])
+    return score_build(
+        out, ks or options.ks, options.exclude_seen if exclude_seen is None else exclude_seen, options.seed
+    )

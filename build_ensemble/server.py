@@ -1,0 +1,295 @@
+"""Start and stop a real ``tritonserver``: the CPU build shipped in the ``nvidia-pytriton`` wheel.
+
+That wheel brings tritonserver 2.51 with the Python backend (no TensorFlow backend). Its
+Python-backend stub runs the interpreter of the first ``python3`` on ``PATH``, so the
+project's virtual environment is put first; ``PYTHONPATH`` is ignored by the stub.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from build_ensemble import constants as C
+from build_ensemble.errors import ArtifactNotFoundError, ServerError
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+STUB_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+READY_TIMEOUT = 180.0
+STOP_TIMEOUT = 30.0
+STATE_FILE = "server.json"
+LOG_FILE = "tritonserver.log"
+
+
+@dataclass
+class ServerSpec:
+    """How to run one server.
+
+    Attributes:
+        repository: Triton model repository.
+        feature_repo: Feast repository the models read (exported as ``$BUILD_ENSEMBLE_FEATURE_REPO``);
+            None lets the models find it beside the model repository.
+        state_dir: where the log, pid file and backend folder go.
+        host: address to bind (loopback unless told otherwise).
+        http_port, grpc_port, metrics_port: ports.
+        model_control: Triton's ``--model-control-mode`` (``none``, ``poll`` or ``explicit``).
+    """
+
+    repository: str
+    feature_repo: str | None = None
+    state_dir: str = ".serve"
+    host: str = LOOPBACK
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    model_control: str = "none"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.state_dir) / LOG_FILE
+
+
+def pytriton_root() -> Path:
+    """The ``tritonserver`` folder of the installed ``nvidia-pytriton`` wheel.
+
+    Raises:
+        ServerError: if the wheel is not installed.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")
+    root = Path(spec.submodule_search_locations[0]) / "tritonserver" if spec else None
+    if root is None or not (root / "bin" / "tritonserver").exists():
+        raise ServerError("tritonserver not found: install it with `make setup` (nvidia-pytriton, --no-deps)")
+    return root
+
+
+def backend_dir(state_dir: Path) -> Path:
+    """A backend folder holding the Python backend and the stub for this interpreter."""
+    root = pytriton_root()
+    python = state_dir / "backends" / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    sources = {
+        "libtriton_python.so": root / "backends" / "python" / "libtriton_python.so",
+        "triton_python_backend_utils.py": root / "backends" / "python" / "triton_python_backend_utils.py",
+        "triton_python_backend_stub": root / "python_backend_stubs" / STUB_PYTHON / "triton_python_backend_stub",
+    }
+    for name, source in sources.items():
+        link = python / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(source)
+    return python.parent
+
+
+def check_repository(repository: Path) -> list:
+    """Names of the models in a repository.
+
+    Raises:
+        ArtifactNotFoundError: if it holds no model (``<model>/config.pbtxt``).
+    """
+    models = sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))
+    if not models:
+        raise ArtifactNotFoundError(
+            f"model repository {repository} holds no model (no */config.pbtxt): run `build-ensemble build`"
+        )
+    return models
+
+
+def command(spec: ServerSpec, backends: Path) -> list:
+    """The tritonserver command line."""
+    return [
+        str(pytriton_root() / "bin" / "tritonserver"),
+        f"--model-repository={Path(spec.repository).resolve()}",
+        f"--backend-directory={backends.resolve()}",
+        f"--model-control-mode={spec.model_control}",
+        f"--http-address={spec.host}",
+        f"--http-port={spec.http_port}",
+        f"--grpc-address={spec.host}",
+        f"--grpc-port={spec.grpc_port}",
+        f"--metrics-address={spec.host}",
+        f"--metrics-port={spec.metrics_port}",
+        "--allow-gpu-metrics=false",
+        "--pinned-memory-pool-byte-size=0",
+        "--cuda-memory-pool-byte-size=0:0",
+        "--exit-on-error=true",
+        "--strict-readiness=true",
+    ]
+
+
+def environment(spec: ServerSpec) -> dict:
+    """Environment of the server: this venv first on PATH, the wheel's libraries, the feature repo.
+
+    The stub links ``libpython3.11.so``; the library of the interpreter that owns the venv
+    goes first on the library path, or the stub may pick the system's copy, whose version
+    differs from the venv's extension modules (``undefined symbol`` on import).
+    """
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    libs = [str(pytriton_root().parent.parent / "nvidia_pytriton.libs")]
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir:
+        libs.insert(0, libdir)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [p for p in [env.get("LD_LIBRARY_PATH")] if p])
+    env.setdefault("CUDA_VISIBLE_DEVICES", "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("FEAST_USAGE", "False")
+    if spec.feature_repo:
+        env[C.FEATURE_REPO_ENV] = str(Path(spec.feature_repo).resolve())
+    return env
+
+
+def is_ready(http_url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def log_errors(log: Path, lines: int = 5, width: int = 300) -> str:
+    """The server's last error lines, each cut to its first line and ``width`` characters."""
+    if not log.exists():
+        return ""
+    errors = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("E") or line.startswith("error"):
+            message = line.split('] "', 1)[-1].split("\\n", 1)[0].rstrip('"')
+            errors.append(message[:width])
+    return "\n".join(f"  {e}" for e in errors[-lines:])
+
+
+class TritonServer:
+    """A running tritonserver process.
+
+    Use as a context manager, or ``start()`` / ``stop()``.
+    """
+
+    def __init__(self, spec: ServerSpec):
+        self.spec = spec
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = READY_TIMEOUT) -> "TritonServer":
+        """Start the server and wait until ``/v2/health/ready``.
+
+        Raises:
+            ArtifactNotFoundError: if the repositories are missing.
+            ServerError: if the port is taken, the server exits, or it is not ready in time
+                (with the server's own error lines).
+        """
+        repository = Path(self.spec.repository)
+        check_repository(repository)
+        if self.spec.feature_repo and not (Path(self.spec.feature_repo) / "feature_store.yaml").exists():
+            raise ArtifactNotFoundError(f"feature repository {self.spec.feature_repo} has no feature_store.yaml")
+        if is_ready(self.spec.http_url):
+            raise ServerError(f"a server already answers on {self.spec.http_url}: stop it or pick other ports")
+        state = Path(self.spec.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        log = self.spec.log_path.open("w")
+        self.process = subprocess.Popen(
+            command(self.spec, backend_dir(state)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment(self.spec),
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(
+                    f"tritonserver exited with code {self.process.returncode} while loading "
+                    f"(log: {self.spec.log_path}):\n{log_errors(self.spec.log_path)}"
+                )
+            if is_ready(self.spec.http_url):
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise ServerError(
+            f"tritonserver was not ready within {timeout:.0f} s (log: {self.spec.log_path}):\n"
+            f"{log_errors(self.spec.log_path)}"
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop with SIGINT (Triton unloads models), SIGKILL after ``timeout``."""
+        if self.process is not None:
+            stop_pid(self.process.pid, timeout)
+            self.process.wait()
+            self.process = None
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def stop_pid(pid: int, timeout: float = STOP_TIMEOUT) -> bool:
+    """Stop a server process group; True if it was running."""
+    try:
+        os.killpg(pid, signal.SIGINT)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            if _is_zombie(pid):
+                return True
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def write_state(server: TritonServer) -> Path:
+    """Record a background server (pid, ports, log) in ``<state_dir>/server.json``."""
+    path = Path(server.spec.state_dir) / STATE_FILE
+    path.write_text(json.dumps({"pid": server.pid, **asdict(server.spec)}, indent=2))
+    return path
+
+
+def read_state(state_dir: str | Path) -> dict | None:
+    path = Path(state_dir) / STATE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def stop_background(state_dir: str | Path) -> dict | None:
+    """Stop the server recorded in ``state_dir``; returns its record, or None if there was none."""
+    state = read_state(state_dir)
+    if state is None:
+        return None
+    stop_pid(int(state["pid"]))
+    (Path(state_dir) / STATE_FILE).unlink()
+    return state

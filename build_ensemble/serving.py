@@ -1,0 +1,126 @@
+"""The Triton Python-backend model that runs the retrieval graph.
+
+Triton's dynamic batcher hands ``execute`` several requests at once; their users are
+checked one request at a time (a bad request gets its own INVALID_ARG error and does not
+fail the others), run through the graph as one batch, and split back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from build_ensemble import constants as C
+from build_ensemble.errors import RecsysError
+
+logger = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """A request the client must fix (answered with INVALID_ARG)."""
+
+
+def check_user_ids(values: np.ndarray | None) -> np.ndarray:
+    """Validate the ``user_id`` tensor of one request.
+
+    Args:
+        values: the request's ``user_id`` tensor, ``[n, 1]`` int64, or None if absent.
+
+    Returns:
+        ``[n]`` int64 ids.
+
+    Raises:
+        RequestError: naming the input and the problem.
+    """
+    if values is None:
+        raise RequestError(f"input '{C.INPUT_USER_ID}' is missing")
+    if values.dtype != np.int64:
+        raise RequestError(f"input '{C.INPUT_USER_ID}' must be INT64, got {values.dtype}")
+    if values.ndim != 2 or values.shape[1] != 1:
+        raise RequestError(f"input '{C.INPUT_USER_ID}' must have shape [batch, 1], got {list(values.shape)}")
+    if values.shape[0] == 0:
+        raise RequestError(f"input '{C.INPUT_USER_ID}' is empty: send at least one user id")
+    ids = values.reshape(-1)
+    if (ids < 0).any():
+        raise RequestError(f"input '{C.INPUT_USER_ID}' holds a negative id ({int(ids[ids < 0][0])}); ids are >= 0")
+    return ids
+
+
+def load_ensemble(artifact_path: str | Path):
+    """Unpickle the exported graph and load its operators' artifacts.
+
+    Returns:
+        ``(ensemble, runtime)`` ready to transform.
+    """
+    from merlin.systems.dag import Ensemble
+
+    from build_ensemble.ensemble import RetrievalRuntime
+
+    ensemble = Ensemble.load(str(artifact_path))
+    runtime = RetrievalRuntime()
+    runtime.load(ensemble, str(artifact_path))
+    return ensemble, runtime
+
+
+class TritonPythonModel:
+    """Triton's Python-backend contract: ``initialize``, ``execute``, ``finalize``."""
+
+    def initialize(self, args: dict) -> None:
+        import triton_python_backend_utils as pb_utils
+
+        self.pb = pb_utils
+        config = json.loads(args["model_config"])
+        model_dir = Path(args["model_repository"])
+        artifact_path = model_dir / str(args["model_version"]) / "ensemble"
+        try:
+            self.ensemble, self.runtime = load_ensemble(artifact_path)
+        except RecsysError as exc:
+            raise pb_utils.TritonModelException(f"{config['name']}: {exc}") from None
+        self.outputs = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
+
+    def execute(self, requests: list) -> list:
+        pb = self.pb
+        responses: list = [None] * len(requests)
+        batches, owners = [], []
+        for number, request in enumerate(requests):
+            tensor = pb.get_input_tensor_by_name(request, C.INPUT_USER_ID)
+            try:
+                ids = check_user_ids(None if tensor is None else tensor.as_numpy())
+            except RequestError as exc:
+                responses[number] = pb.InferenceResponse(error=pb.TritonError(str(exc), pb.TritonError.INVALID_ARG))
+                continue
+            batches.append(ids)
+            owners.append(number)
+        if not batches:
+            return responses
+        try:
+            outputs = self._run(np.concatenate(batches))
+        except Exception as exc:  # noqa: BLE001  every request gets an answer, never a traceback
+            logger.error("retrieval failed: %s", traceback.format_exc())
+            message = str(exc) if isinstance(exc, RecsysError) else f"internal error: {type(exc).__name__}: {exc}"
+            for number in owners:
+                responses[number] = pb.InferenceResponse(error=pb.TritonError(message, pb.TritonError.INTERNAL))
+            return responses
+        bounds = np.cumsum([0] + [len(b) for b in batches])
+        for number, start, stop in zip(owners, bounds[:-1], bounds[1:]):
+            tensors = [self._tensor(name, values[start:stop]) for name, values in outputs.items()]
+            responses[number] = pb.InferenceResponse(output_tensors=tensors)
+        return responses
+
+    def _run(self, ids: np.ndarray) -> dict:
+        from merlin.table import TensorTable
+
+        table = self.runtime.transform(self.ensemble, TensorTable({C.USER_ID: ids}))
+        return {name: table[name].values for name in self.outputs}
+
+    def _tensor(self, name: str, values: np.ndarray):
+        dtype = self.outputs[name]
+        array = values.astype(object) if dtype == np.object_ else values.astype(dtype, copy=False)
+        return self.pb.Tensor(name, np.ascontiguousarray(array))
+
+    def finalize(self) -> None:
+        self.ensemble = None

@@ -1,0 +1,227 @@
+"""The Two-Tower model (Merlin Models, TensorFlow): build, train with early stopping, embed, save."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from build_ensemble import constants as C
+from build_ensemble.config import BuildConfig
+from build_ensemble.data import read_parts
+
+logger = logging.getLogger(__name__)
+
+EMBED_BATCH_SIZE = 4096
+
+
+@dataclass
+class TrainResult:
+    """A trained model and what happened on the way.
+
+    Attributes:
+        model: the Merlin ``RetrievalModelV2`` with the best validation weights restored.
+        history: one dict per epoch: ``epoch``, ``loss``, ``seconds`` and the validation metrics.
+        best_epoch: epoch (1-based) whose weights were kept.
+        examples_per_second: training throughput over all epochs.
+    """
+
+    model: object
+    history: list = field(default_factory=list)
+    best_epoch: int = 0
+    examples_per_second: float = 0.0
+
+
+def item_probabilities(item_ids: np.ndarray, cardinality: int) -> np.ndarray:
+    """Sampling probability of each encoded item id under in-batch sampling.
+
+    In-batch negatives are the batch's positives, so an item is drawn as often as it is
+    clicked in training: ``q(i) = count(i) / total``. Ids never seen get probability 0.
+
+    Args:
+        item_ids: ``[n]`` int encoded item id of each training positive.
+        cardinality: number of encoded ids (Categorify's reserved ids included).
+
+    Returns:
+        ``[cardinality]`` float64 probabilities summing to 1.
+    """
+    counts = np.bincount(np.asarray(item_ids, dtype=np.int64), minlength=cardinality).astype(np.float64)
+    if counts.shape[0] != cardinality:
+        raise ValueError(f"item ids reach {counts.shape[0] - 1}, beyond the cardinality {cardinality}")
+    return counts / counts.sum()
+
+
+def logq_corrected_logits(scores: np.ndarray, item_ids: np.ndarray, probs: np.ndarray, temperature: float = 1.0):
+    """Reference of the logQ correction of in-batch logits (what training applies).
+
+    Args:
+        scores: ``[batch, batch]`` float dot products of each query with each in-batch item.
+        item_ids: ``[batch]`` int encoded item id of each column.
+        probs: ``[cardinality]`` float sampling probabilities.
+        temperature: logits temperature.
+
+    Returns:
+        ``[batch, batch]`` float ``scores / temperature - log q(item)``: the correction is
+        applied before the temperature, scaled by it, so it stays a full logQ correction.
+    """
+    return scores / temperature - np.log(probs[item_ids])[None, :]
+
+
+def _encoder(schema, dims: list, l2_reg: float):
+    import merlin.models.tf as mm
+
+    embeddings = mm.Embeddings(schema, l2_batch_regularization_factor=l2_reg)
+    return mm.Encoder(
+        mm.InputBlockV2(schema, categorical=embeddings),
+        mm.MLPBlock(list(dims), no_activation_last_layer=True),
+    )
+
+
+def build_model(schema, config: BuildConfig, item_probs: np.ndarray | None):
+    """Build and compile the Two-Tower model.
+
+    The query tower encodes the features tagged USER, the item tower those tagged ITEM;
+    embedding sizes follow the cardinalities; the loss is categorical cross-entropy over
+    in-batch negatives, logQ-corrected when ``item_probs`` is given.
+
+    Args:
+        schema: schema of the transformed training data.
+        config: build configuration (tower sizes, optimizer, regularization, temperature).
+        item_probs: ``[cardinality of item_id]`` in-batch sampling probabilities, or None.
+    """
+    import merlin.models.tf as mm
+    import tensorflow as tf
+    from merlin.models.tf.outputs.base import DotProduct
+    from merlin.models.tf.transforms.bias import PopularityLogitsCorrection
+    from merlin.schema import Tags
+
+    user_schema = schema.select_by_tag(Tags.USER)
+    item_schema = schema.select_by_tag(Tags.ITEM)
+    item_id_schema = item_schema.select_by_tag(Tags.ITEM_ID)
+    post = None
+    if item_probs is not None:
+        # Logits are divided by the temperature after this correction, so scale it to match.
+        post = PopularityLogitsCorrection(
+            item_probs.astype(np.float32),
+            is_prob_distribution=True,
+            reg_factor=config.temperature,
+            schema=item_schema,
+        )
+    outputs = mm.ContrastiveOutput(
+        DotProduct(),
+        negative_samplers="in-batch",
+        schema=item_id_schema,
+        logits_temperature=config.temperature,
+        post=post,
+        store_negative_ids=post is not None,
+    )
+    model = mm.TwoTowerModelV2(
+        _encoder(user_schema, config.query_tower, config.l2_reg),
+        _encoder(item_schema, config.item_tower_dims, config.l2_reg),
+        outputs=outputs,
+    )
+    optimizers = {
+        "adam": tf.keras.optimizers.Adam,
+        "adagrad": tf.keras.optimizers.Adagrad,
+        "sgd": tf.keras.optimizers.SGD,
+    }
+    model.compile(optimizer=optimizers[config.optimizer](learning_rate=config.learning_rate))
+    return model
+
+
+def _loader(path_or_df, batch_size: int, shuffle: bool, schema=None):
+    import merlin.models.tf as mm
+    from merlin.io import Dataset
+
+    if isinstance(path_or_df, pd.DataFrame):
+        dataset = Dataset(path_or_df, cpu=True, schema=schema)
+    else:
+        dataset = Dataset(str(path_or_df), engine="parquet", cpu=True)
+    return mm.Loader(dataset, batch_size=batch_size, shuffle=shuffle)
+
+
+def embed(encoder, table: pd.DataFrame, schema, batch_size: int = EMBED_BATCH_SIZE) -> np.ndarray:
+    """Run one tower over an encoded table.
+
+    Args:
+        encoder: ``model.query_encoder`` or ``model.candidate_encoder``.
+        table: encoded features, one row per entity (``workflow.encode`` output).
+        schema: schema of the tower's inputs.
+        batch_size: rows per call.
+
+    Returns:
+        ``[len(table), dim]`` float32 embeddings in the table's row order.
+    """
+    loader = _loader(table, batch_size, shuffle=False, schema=schema)
+    parts = [encoder(features).numpy() for features, _ in loader]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def train_model(
+    config: BuildConfig,
+    train_dir: Path,
+    validate: Callable[[object], dict],
+    monitor: str,
+    progress: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train epoch by epoch, score the validation set after each, keep the best weights.
+
+    Args:
+        config: build configuration.
+        train_dir: transformed training parquet parts (clicked interactions only).
+        validate: called with the model after each epoch; returns validation metrics.
+        monitor: metric of ``validate`` to maximise (early stopping).
+        progress: optional callback receiving each epoch's record.
+    """
+    import tensorflow as tf
+    from merlin.io import Dataset
+    from merlin.schema import Tags
+
+    tf.keras.utils.set_random_seed(config.seed)
+    dataset = Dataset(str(train_dir), engine="parquet", cpu=True)
+    schema = dataset.schema
+    item_id = schema.select_by_tag(Tags.ITEM_ID).first
+    probs = None
+    if config.logq:
+        ids = read_parts(train_dir, [item_id.name])[item_id.name].to_numpy()
+        probs = item_probabilities(ids, item_id.int_domain.max + 1)
+    model = build_model(schema.excluding_by_name([C.CLICK]), config, probs)
+    loader = _loader(train_dir, config.batch_size, shuffle=True)
+
+    result = TrainResult(model)
+    best, best_weights, waited, examples, train_seconds = -np.inf, None, 0, 0, 0.0
+    n_rows = dataset.num_rows
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        fit = model.fit(loader, epochs=1, verbose=0)
+        seconds = time.perf_counter() - start
+        train_seconds += seconds
+        examples += n_rows
+        record = {"epoch": epoch, "loss": float(fit.history["loss"][-1]), "seconds": round(seconds, 2)}
+        record.update(validate(model))
+        result.history.append(record)
+        if progress:
+            progress(record)
+        if record[monitor] > best:
+            best, best_weights, waited, result.best_epoch = record[monitor], model.get_weights(), 0, epoch
+        else:
+            waited += 1
+            if waited >= config.patience:
+                logger.info("early stop after epoch %d (best %d)", epoch, result.best_epoch)
+                break
+    model.set_weights(best_weights)
+    result.examples_per_second = examples / train_seconds if train_seconds else 0.0
+    return result
+
+
+def save_towers(model, run_dir: Path) -> tuple[Path, Path]:
+    """Save the query and item towers as TensorFlow SavedModels."""
+    query_dir, item_dir = run_dir / C.QUERY_TOWER_DIR, run_dir / C.ITEM_TOWER_DIR
+    model.query_encoder.save(str(query_dir), include_optimizer=False)
+    model.candidate_encoder.save(str(item_dir), include_optimizer=False)
+    return query_dir, item_dir

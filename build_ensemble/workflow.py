@@ -1,0 +1,139 @@
+"""The NVTabular workflow: Categorify and tag ids and features, keep clicked interactions.
+
+The fitted workflow has two named sub-workflows, ``user`` and ``item``, that encode a user
+or item table on their own: serving runs the user side, the item embeddings the item side.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from build_ensemble import constants as C
+from build_ensemble.data import DataSpec, PreparedData
+
+logger = logging.getLogger(__name__)
+
+USER_SUBGRAPH = "user"
+ITEM_SUBGRAPH = "item"
+PART_SIZE = "128MB"
+
+
+@dataclass
+class TransformedData:
+    """Outputs of the workflow stage."""
+
+    workflow_dir: Path
+    train_dir: Path
+    valid_dir: Path
+
+
+def make_workflow(spec: DataSpec, scratch: str | Path):
+    """Build the (unfitted) NVTabular workflow for the given features.
+
+    ``user_id`` and ``item_id`` are Categorified and tagged USER_ID/USER and ITEM_ID/ITEM, user
+    and item features Categorified and tagged USER and ITEM, and only rows with
+    ``click == 1`` are kept.
+
+    Args:
+        spec: which columns are user and item features.
+        scratch: where Categorify writes its tables while fitting (``Workflow.save`` copies them).
+    """
+    import nvtabular as nvt
+    from merlin.dag.ops.subgraph import Subgraph
+    from nvtabular import ops
+
+    def categorify():
+        return ops.Categorify(dtype="int64", out_path=str(scratch))
+
+    user = [C.USER_ID] >> categorify() >> ops.TagAsUserID()
+    if spec.user_features:
+        user = user + (list(spec.user_features) >> categorify() >> ops.TagAsUserFeatures())
+    item = [C.ITEM_ID] >> categorify() >> ops.TagAsItemID()
+    if spec.item_features:
+        item = item + (list(spec.item_features) >> categorify() >> ops.TagAsItemFeatures())
+    selected = Subgraph(USER_SUBGRAPH, user) + Subgraph(ITEM_SUBGRAPH, item) + [C.CLICK]
+    return nvt.Workflow(selected >> ops.Filter(f=_is_click))
+
+
+def _is_click(df):
+    return df[C.CLICK] == 1
+
+
+def join_features(data: PreparedData, split: str, out_dir: Path, seed: int) -> Path:
+    """Join one split's interactions with the user and item features, part by part.
+
+    Training rows are shuffled within each part: the per-user split leaves them grouped by
+    user, which would make in-batch negatives degenerate.
+    """
+    users = pd.read_parquet(data.users, columns=[C.USER_ID, *data.spec.user_features])
+    items = pd.read_parquet(data.items, columns=[C.ITEM_ID, *data.spec.item_features])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for part in sorted(data.split(split).glob("*.parquet")):
+        df = pd.read_parquet(part, columns=[C.USER_ID, C.ITEM_ID, C.CLICK])
+        df = df.merge(users, on=C.USER_ID, how="left").merge(items, on=C.ITEM_ID, how="left")
+        if split == "train":
+            df = df.iloc[rng.permutation(len(df))]
+        df.reset_index(drop=True).to_parquet(out_dir / part.name, index=False)
+    return out_dir
+
+
+def fit_workflow(data: PreparedData, run_dir: Path, work_dir: Path, seed: int = 0) -> TransformedData:
+    """Fit the workflow on the training split and transform train and valid.
+
+    Args:
+        data: prepared raw data.
+        run_dir: build folder; the fitted workflow goes to ``run_dir/workflow``.
+        work_dir: scratch folder for the joined and transformed parquet parts.
+        seed: seed of the training-row shuffle.
+
+    Returns:
+        Paths of the fitted workflow and of the transformed train and valid parquet parts.
+    """
+    from merlin.io import Dataset
+
+    workflow = make_workflow(data.spec, work_dir / "fit")
+    datasets = {}
+    for split in ("train", "valid"):
+        joined = join_features(data, split, work_dir / "joined" / split, seed)
+        datasets[split] = Dataset(str(joined), engine="parquet", part_size=PART_SIZE, cpu=True)
+    logger.info("fitting the NVTabular workflow on the training split")
+    workflow.fit(datasets["train"])
+    workflow_dir = run_dir / C.WORKFLOW_DIR
+    if workflow_dir.exists():
+        shutil.rmtree(workflow_dir)
+    workflow.save(str(workflow_dir))
+    out = {}
+    for split, dataset in datasets.items():
+        out[split] = work_dir / "transformed" / split
+        workflow.transform(dataset).to_parquet(str(out[split]), output_files=max(1, dataset.npartitions))
+    return TransformedData(workflow_dir, out["train"], out["valid"])
+
+
+def load_workflow(workflow_dir: str | Path):
+    """Load a fitted workflow saved by :func:`fit_workflow`."""
+    import nvtabular as nvt
+
+    return nvt.Workflow.load(str(workflow_dir))
+
+
+def encode(workflow, subgraph: str, table: pd.DataFrame) -> pd.DataFrame:
+    """Encode a raw user or item table with one side of the fitted workflow.
+
+    Args:
+        workflow: fitted workflow.
+        subgraph: ``user`` or ``item``.
+        table: raw ids and features, one row per entity; row order is kept.
+
+    Returns:
+        The encoded columns, in the same row order.
+    """
+    sub = workflow.get_subworkflow(subgraph)
+    columns = sub.input_schema.column_names
+    return sub.transform(table[columns].reset_index(drop=True))
