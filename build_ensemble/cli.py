@@ -24,9 +24,16 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     os.environ.setdefault("FEAST_USAGE", "False")
-    warnings.filterwarnings("ignore")
-    for name in ("tensorflow", "merlin", "feast", "absl", "numba", "distributed"):
+    # Feast re-installs warning filters on import, so silence the display itself.
+    warnings.showwarning = lambda *args, **kwargs: None
+    for name in ("tensorflow", "merlin", "feast", "numba", "distributed"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    except ImportError:
+        pass
 
 
 class ConsoleReporter:
@@ -175,7 +182,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
          "fallback": a.fallback, **({"item_features": {n: v[:k] for n, v in a.item_features.items()}} if a.item_features else {})}
         for a in answers
     ]
-    print(json.dumps(out, indent=2))
+    print("[\n" + ",\n".join("  " + json.dumps(o) for o in out) + "\n]")
     return 0
 
 
@@ -262,7 +269,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list | None = None) -> int:
     args = make_parser().parse_args(argv)
-    _quiet_libraries()
+    if not args.verbose:
+        _quiet_libraries()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

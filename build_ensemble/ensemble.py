@@ -44,49 +44,48 @@ from build_ensemble.serving import TritonPythonModel  # noqa: F401
 
 @dataclass
 class GraphSpec:
-    """What the graph is built from (paths as written by the build).
+    """What the graph needs besides the build folder's artifacts (recorded in the manifest).
 
     Attributes:
-        workflow_dir: fitted NVTabular workflow.
-        query_tower_dir: query tower SavedModel.
-        tower_inputs: the tower's input names.
+        tower_inputs: the query tower's input names.
         tower_output: the tower signature's output name.
         dim: embedding size.
-        index_dir: FAISS index folder (with ``popular.parquet``).
-        feature_repo: feature repository relative to the model repository's folder.
         user_features: ``{name: dtype}`` raw user features read from Feast.
-        item_features: ``{name: dtype}`` raw item features (``with_item_features``).
+        item_features: ``{name: dtype}`` raw item features (returned with ``with_item_features``).
         top_k: items per user.
         with_item_features: also return each candidate's item features.
     """
 
-    workflow_dir: str
-    query_tower_dir: str
     tower_inputs: list
     tower_output: str
     dim: int
-    index_dir: str
-    feature_repo: str
     user_features: dict
     item_features: dict = field(default_factory=dict)
     top_k: int = 10
     with_item_features: bool = False
 
 
-def make_ensemble(spec: GraphSpec):
-    """Compose ``user_id -> Feast -> Categorify -> query tower -> FAISS top-k`` as an Ensemble."""
+def make_ensemble(spec: GraphSpec, build_dir: str | Path, feature_repo: str):
+    """Compose ``user_id -> Feast -> Categorify -> query tower -> FAISS top-k`` as an Ensemble.
+
+    Args:
+        spec: tower signature, features and k.
+        build_dir: build folder holding ``workflow/``, ``query_tower/`` and ``index/``.
+        feature_repo: feature repository path relative to the model repository.
+    """
     from merlin.schema import ColumnSchema, Schema
     from merlin.systems.dag import Ensemble
 
+    build_dir = Path(build_dir)
     graph = (
         [C.USER_ID]
-        >> QueryUserFeatures(spec.feature_repo, spec.user_features)
-        >> EncodeUserFeatures(spec.workflow_dir, [C.USER_ID, *spec.user_features])
-        >> PredictQueryTower(spec.query_tower_dir, spec.tower_inputs, spec.tower_output, spec.dim)
-        >> QueryIndex(spec.index_dir, spec.top_k)
+        >> QueryUserFeatures(feature_repo, spec.user_features)
+        >> EncodeUserFeatures(str(build_dir / C.WORKFLOW_DIR), [C.USER_ID, *spec.user_features])
+        >> PredictQueryTower(str(build_dir / C.QUERY_TOWER_DIR), spec.tower_inputs, spec.tower_output, spec.dim)
+        >> QueryIndex(str(build_dir / C.INDEX_DIR), spec.top_k)
     )
     if spec.with_item_features:
-        graph = graph >> QueryItemFeatures(spec.feature_repo, spec.item_features, spec.top_k)
+        graph = graph >> QueryItemFeatures(feature_repo, spec.item_features, spec.top_k)
     return Ensemble(graph, Schema([ColumnSchema(C.USER_ID, dtype=np.int64)]))
 
 
@@ -269,6 +268,32 @@ class RetrievalRuntime:
         return models
 
 
-def relative_feature_repo(feature_repo: str | Path, repository: str | Path) -> str:
-    """Path of the feature repository relative to the model repository (``../feature_repo``)."""
-    return os.path.relpath(Path(feature_repo).resolve(), Path(repository).resolve())
+def export_repository(
+    build_dir: str | Path,
+    repository: str | Path,
+    feature_repo: str | Path,
+    spec: GraphSpec | None = None,
+    tower_backend: str = "python",
+    version: int = 1,
+) -> list:
+    """Export the retrieval graph of a build as a Triton model repository.
+
+    Args:
+        build_dir: build folder (its manifest gives ``spec`` when it is not passed).
+        repository: model repository to write.
+        feature_repo: where the feature repository will be, recorded relative to ``repository``.
+        spec: graph settings; default: the ``graph`` entry of the build's manifest.
+        tower_backend: ``python`` or ``tensorflow``.
+        version: Triton model version to write.
+
+    Returns:
+        Names of the Triton models written.
+    """
+    import json
+
+    build_dir = Path(build_dir)
+    if spec is None:
+        spec = GraphSpec(**json.loads((build_dir / C.MANIFEST_FILE).read_text())["graph"])
+    relative = os.path.relpath(Path(feature_repo).resolve(), Path(repository).resolve())
+    ensemble = make_ensemble(spec, build_dir, relative)
+    return RetrievalRuntime(tower_backend).export(ensemble, repository, version=version)

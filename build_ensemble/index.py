@@ -72,28 +72,68 @@ def ivf_lists(num_items: int) -> int:
     return int(max(1, min(nlist, num_items // 39)))
 
 
+class ItemIndex:
+    """A faiss index over item embeddings, searched by inner product.
+
+    HNSW graphs are poor at inner-product search, so for ``hnsw`` the items are stored with
+    one extra coordinate ``sqrt(max_norm^2 - |x|^2)``: the L2-nearest item of ``[q, 0]`` is
+    then the one with the largest ``q . x``, and the score is recovered exactly from the
+    distance.
+
+    Args:
+        index: the faiss index (ids are raw item ids).
+        info: how it was built, with its search parameters.
+    """
+
+    def __init__(self, index, info: IndexInfo):
+        self.index = index
+        self.info = info
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items of each query.
+
+        Args:
+            queries: ``[n, dim]`` float32.
+            k: items per query.
+
+        Returns:
+            ``([n, k] float32 inner products, [n, k] int64 raw ids)``; id -1 marks an empty slot.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        max_norm = self.info.params.get("max_norm")
+        if max_norm is None:
+            return self.index.search(queries, k)
+        augmented = np.hstack([queries, np.zeros((len(queries), 1), dtype=np.float32)])
+        distances, ids = self.index.search(augmented, k)
+        scores = ((queries * queries).sum(axis=1, keepdims=True) + max_norm**2 - distances) / 2
+        return scores.astype(np.float32), ids
+
+
 def _make_index(kind: str, embeddings: np.ndarray, ids: np.ndarray, seed: int):
     import faiss
 
     n, dim = embeddings.shape
-    metric = faiss.METRIC_INNER_PRODUCT
     if kind == "flat":
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         params = {}
     elif kind == "ivf":
         nlist = ivf_lists(n)
         quantizer = faiss.IndexFlatIP(dim)
-        ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
+        ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         ivf.cp.seed = seed
         sample = np.random.default_rng(seed).permutation(n)[: nlist * IVF_TRAIN_POINTS_PER_LIST]
         ivf.train(embeddings[np.sort(sample)])
         index = faiss.IndexIDMap2(ivf)
         params = {"nlist": nlist, "nprobe": 1}
     elif kind == "hnsw":
-        hnsw = faiss.IndexHNSWFlat(dim, HNSW_M, metric)
+        norms = (embeddings * embeddings).sum(axis=1)
+        max_norm = float(np.sqrt(norms.max()))
+        extra = np.sqrt(np.maximum(max_norm**2 - norms, 0))[:, None].astype(np.float32)
+        embeddings = np.ascontiguousarray(np.hstack([embeddings, extra]))
+        hnsw = faiss.IndexHNSWFlat(dim + 1, HNSW_M)
         hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         index = faiss.IndexIDMap2(hnsw)
-        params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": 16}
+        params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": 16, "max_norm": max_norm}
     else:
         raise ValueError(f"index kind must be flat, ivf or hnsw, got {kind!r}")
     index.add_with_ids(embeddings, ids)
@@ -117,8 +157,8 @@ def exact_top_k(embeddings: np.ndarray, ids: np.ndarray, queries: np.ndarray, k:
     return index.search(queries, k)[1]
 
 
-def recall_against(index, queries: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """Mean |ANN top-k ∩ exact top-k| / k over the queries."""
+def recall_against(index: ItemIndex, queries: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Mean |index top-k ∩ exact top-k| / k over the queries."""
     found = index.search(queries, k)[1]
     return float(np.mean([len(np.intersect1d(f, t)) / k for f, t in zip(found, truth)]))
 
@@ -131,7 +171,7 @@ def build_index(
     k: int = 10,
     target_recall: float = TARGET_RECALL,
     seed: int = 0,
-) -> tuple[object, IndexInfo]:
+) -> ItemIndex:
     """Build the index and tune its search parameter on real query vectors.
 
     Args:
@@ -144,14 +184,16 @@ def build_index(
         seed: seed of IVF training.
 
     Returns:
-        The faiss index (CPU) and its :class:`IndexInfo`.
+        The index (on the CPU) with its :class:`IndexInfo`.
     """
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     kind = choose_kind(kind, len(ids))
     k = min(k, len(ids))
-    index, params = _make_index(kind, embeddings, ids, seed)
+    raw, params = _make_index(kind, embeddings, ids, seed)
+    info = IndexInfo(kind, len(ids), embeddings.shape[1], params, 1.0, k, len(queries), gpu_count() > 0)
+    index = ItemIndex(raw, info)
     truth = exact_top_k(embeddings, ids, queries, k)
     knob = {"ivf": "nprobe", "hnsw": "efSearch"}.get(kind)
     recall = recall_against(index, queries, truth, k)
@@ -159,37 +201,33 @@ def build_index(
         limit = params["nlist"] if kind == "ivf" else 4096
         while recall < target_recall and params[knob] < limit:
             params[knob] = min(limit, params[knob] * 2)
-            set_search_params(index, params)
+            set_search_params(raw, params)
             recall = recall_against(index, queries, truth, k)
-    info = IndexInfo(kind, len(ids), embeddings.shape[1], params, round(recall, 4), k, len(queries), gpu_count() > 0)
+    info.recall_at_k = round(recall, 4)
     logger.info("index %s over %d items: recall@%d %.4f with %s", kind, len(ids), k, recall, params)
-    return index, info
+    return index
 
 
-def save_index(index, info: IndexInfo, folder: str | Path) -> Path:
+def save_index(index: ItemIndex, folder: str | Path) -> Path:
     """Write ``items.faiss`` and ``index.json`` into ``folder``."""
     import faiss
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    faiss.write_index(index, str(folder / INDEX_FILE))
-    (folder / INFO_FILE).write_text(json.dumps(asdict(info), indent=2))
+    faiss.write_index(index.index, str(folder / INDEX_FILE))
+    (folder / INFO_FILE).write_text(json.dumps(asdict(index.info), indent=2))
     return folder
 
 
-def load_index(folder: str | Path, use_gpu: bool | None = None):
-    """Read an index saved by :func:`save_index`, on the GPU when faiss sees one (flat, IVF).
-
-    Returns:
-        ``(index, IndexInfo)``.
-    """
+def load_index(folder: str | Path, use_gpu: bool | None = None) -> ItemIndex:
+    """Read an index saved by :func:`save_index`, on the GPU when faiss sees one (flat, IVF)."""
     import faiss
 
     folder = Path(folder)
     info = IndexInfo(**json.loads((folder / INFO_FILE).read_text()))
-    index = faiss.read_index(str(folder / INDEX_FILE))
-    set_search_params(index, info.params)
+    raw = faiss.read_index(str(folder / INDEX_FILE))
+    set_search_params(raw, info.params)
     use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
     if use_gpu and info.kind != "hnsw":  # faiss has no GPU HNSW
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    return index, info
+        raw = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, raw)
+    return ItemIndex(raw, info)

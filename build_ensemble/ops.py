@@ -233,7 +233,7 @@ class QueryIndex(BaseOperator):
         from build_ensemble.index import load_index
 
         folder = Path(artifact_path) / INDEX_DIR
-        self._index, _ = load_index(folder)
+        self._index = load_index(folder)
         popular = pd.read_parquet(folder / POPULAR_FILE)
         self._popular_ids = popular[C.ITEM_ID].to_numpy(np.int64)
         self._popular_scores = popular["score"].to_numpy(np.float32)

@@ -6,6 +6,7 @@ the whole build succeeded, so a failed build never leaves outputs that look good
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -192,7 +193,7 @@ def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
         Paths of the build folder, feature repository and model repository, with the metrics.
     """
     from build_ensemble import feature_store as fs
-    from build_ensemble.ensemble import GraphSpec, RetrievalRuntime, make_ensemble, relative_feature_repo, tower_signature
+    from build_ensemble.ensemble import GraphSpec, export_repository, tower_signature
     from build_ensemble.index import build_index, save_index
     from build_ensemble.train import save_towers
     from build_ensemble.workflow import fit_workflow
@@ -222,11 +223,11 @@ def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
             plot_history(result.history, staged_out / C.LOSS_PLOT_FILE, MONITOR)
         with timer.stage("index"):
             sample = np.random.default_rng(config.seed).permutation(len(user_vectors))[:INDEX_QUERIES]
-            index, index_info = build_index(
+            index = build_index(
                 item_vectors, items[C.ITEM_ID].to_numpy(), user_vectors[np.sort(sample)], config.index, config.top_k,
                 seed=config.seed,
             )
-            index_dir = save_index(index, index_info, staged_out / C.INDEX_DIR)
+            index_dir = save_index(index, staged_out / C.INDEX_DIR)
             train_clicks = data.read_split("train", [C.ITEM_ID, C.CLICK])
             item_popularity(train_clicks, items[C.ITEM_ID].to_numpy()).head(max(100, config.top_k)).to_parquet(
                 index_dir / "popular.parquet", index=False
@@ -239,19 +240,15 @@ def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
         with timer.stage("ensemble"):
             inputs, output, dim = tower_signature(query_dir)
             spec = GraphSpec(
-                workflow_dir=str(transformed.workflow_dir),
-                query_tower_dir=str(query_dir),
                 tower_inputs=inputs,
                 tower_output=output,
                 dim=dim,
-                index_dir=str(index_dir),
-                feature_repo=relative_feature_repo(feature_repo, repository),
                 user_features={f: _feast_dtype(users[f]) for f in data.spec.user_features},
                 item_features={f: _feast_dtype(items[f]) for f in items.columns if f != C.ITEM_ID},
                 top_k=config.top_k,
                 with_item_features=config.with_item_features,
             )
-            models = RetrievalRuntime(config.tower_backend).export(make_ensemble(spec), staged_models)
+            models = export_repository(staged_out, staged_models, feature_repo, spec, config.tower_backend)
         shutil.rmtree(staged_out / ".work", ignore_errors=True)
         info = manifest(
             config.to_dict(),
@@ -260,9 +257,10 @@ def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
             metrics,
             timer.seconds,
             {
-                "index": index_info.__dict__,
+                "index": dataclasses.asdict(index.info),
                 "training": {"best_epoch": result.best_epoch, "examples_per_second": round(result.examples_per_second, 1)},
                 "models": models,
+                "graph": dataclasses.asdict(spec),
                 "feature_repo": str(feature_repo),
                 "repository": str(repository),
                 "checksums": file_checksums(staged_out, [C.QUERY_TOWER_DIR, C.WORKFLOW_DIR, C.INDEX_DIR]),

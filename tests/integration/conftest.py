@@ -1,0 +1,44 @@
+"""A real MovieLens-100K build and a real tritonserver serving it, shared by the integration tests."""
+
+import pytest
+
+from build_ensemble.config import make_config
+from build_ensemble.pipeline import build
+from build_ensemble.server import ServerSpec, TritonServer
+
+from ..conftest import free_port
+
+
+@pytest.fixture(scope="session")
+def movielens_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("movielens")
+    config = make_config(
+        overrides={
+            "dataset": "movielens-100k",
+            "epochs": 3,
+            "index": "flat",
+            "out": str(root / "artifacts"),
+            "feature_repo": str(root / "feature_repo"),
+            "repository": str(root / "model_repository"),
+        }
+    )
+    return build(config)
+
+
+def server_spec(repository, state_dir, feature_repo=None) -> ServerSpec:
+    return ServerSpec(
+        repository=str(repository),
+        feature_repo=str(feature_repo) if feature_repo else None,
+        state_dir=str(state_dir),
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+    )
+
+
+@pytest.fixture(scope="session")
+def served(movielens_build, tmp_path_factory):
+    """A tritonserver on the build's repository; the models find the feature repo beside it."""
+    spec = server_spec(movielens_build.repository, tmp_path_factory.mktemp("serve"))
+    with TritonServer(spec):
+        yield spec

@@ -1,0 +1,188 @@
+"""The served ensemble on a real tritonserver, over gRPC and HTTP."""
+
+import json
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from build_ensemble import constants as C
+from build_ensemble.client import RetrievalClient
+from build_ensemble.ensemble import export_repository
+from build_ensemble.errors import ServerError
+from build_ensemble.server import TritonServer
+
+from .conftest import server_spec
+
+PROTOCOLS = ["grpc", "http"]
+
+
+def client(served, protocol):
+    return RetrievalClient(served.grpc_url if protocol == "grpc" else served.http_url, protocol)
+
+
+@pytest.fixture(scope="module")
+def offline(movielens_build):
+    """Top-10 from the exported embeddings: the served answers must equal it."""
+    users = pd.read_parquet(movielens_build.out / C.USER_EMBEDDINGS_FILE)
+    items = pd.read_parquet(movielens_build.out / C.ITEM_EMBEDDINGS_FILE)
+    scores = np.stack(users["embedding"]) @ np.stack(items["embedding"]).T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    item_ids = items[C.ITEM_ID].to_numpy()
+    return {
+        int(u): (item_ids[order[row]], scores[row, order[row]]) for row, u in enumerate(users[C.USER_ID])
+    }
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_served_top10_equals_offline_for_50_users(served, offline, protocol):
+    users = sorted(offline)[::18][:50]
+    with client(served, protocol) as c:
+        answers = [c.recommend([u])[0] for u in users]
+    for user, answer in zip(users, answers):
+        ids, scores = offline[user]
+        assert not answer.fallback
+        assert answer.item_ids == ids.tolist(), user
+        np.testing.assert_allclose(answer.scores, scores, atol=1e-4)
+
+
+def test_a_32_user_request_equals_32_single_requests(served, offline):
+    users = sorted(offline)[100:132]
+    with client(served, "grpc") as c:
+        batch = c.recommend(users)
+        singles = [c.recommend([u])[0] for u in users]
+    assert [a.user_id for a in batch] == users
+    for one, many in zip(singles, batch):
+        assert one.item_ids == many.item_ids and one.fallback == many.fallback
+        np.testing.assert_allclose(one.scores, many.scores, atol=1e-5)
+    assert len({tuple(a.item_ids) for a in batch}) > 1  # each user gets their own list
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_unknown_users_get_popular_items_and_the_flag(served, movielens_build, offline, protocol):
+    popular = pd.read_parquet(movielens_build.out / C.INDEX_DIR / "popular.parquet")[C.ITEM_ID].head(10).tolist()
+    with client(served, protocol) as c:
+        answers = c.recommend([5, 10**9, 0, 7])
+    assert [a.fallback for a in answers] == [False, True, True, False]
+    assert answers[1].item_ids == popular and answers[2].item_ids == popular
+    assert answers[0].item_ids == offline[5][0].tolist() and answers[3].item_ids == offline[7][0].tolist()
+
+
+def _raw_infer(served, protocol, inputs):
+    if protocol == "grpc":
+        module, url = grpcclient, served.grpc_url
+    else:
+        module, url = httpclient, served.http_url
+    tensors = []
+    for name, array, dtype in inputs:
+        tensor = module.InferInput(name, list(array.shape), dtype)
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return module.InferenceServerClient(url).infer(C.MODEL_NAME, tensors)
+
+
+BAD_REQUESTS = {
+    "wrong dtype": ([("user_id", np.array([[1.5]], dtype=np.float32), "FP32")], "user_id"),
+    "wrong shape": ([("user_id", np.array([[1, 2]], dtype=np.int64), "INT64")], "user_id"),
+    "wrong rank": ([("user_id", np.array([[[1]]], dtype=np.int64), "INT64")], "user_id"),
+    "empty batch": ([("user_id", np.zeros((0, 1), dtype=np.int64), "INT64")], "user_id"),
+    "missing input": ([("user", np.array([[1]], dtype=np.int64), "INT64")], "user"),
+    "negative id": ([("user_id", np.array([[3], [-1]], dtype=np.int64), "INT64")], "user_id"),
+    "batch above the limit": ([("user_id", np.ones((10_000, 1), dtype=np.int64), "INT64")], "batch-size must be <= 256"),
+}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_requests_name_the_input_and_the_server_keeps_serving(served, offline, protocol, case):
+    inputs, named = BAD_REQUESTS[case]
+    with pytest.raises(InferenceServerException) as error:
+        _raw_infer(served, protocol, inputs)
+    message = str(error.value)
+    assert named in message, message
+    assert "Traceback" not in message and len(message) < 500, message
+    with client(served, protocol) as c:
+        assert c.recommend([3])[0].item_ids == offline[3][0].tolist()
+
+
+def test_plain_kserve_v2_json_over_http(served, offline):
+    body = json.dumps({"inputs": [{"name": "user_id", "shape": [2, 1], "datatype": "INT64", "data": [3, 4]}]})
+    request = urllib.request.Request(
+        f"http://{served.http_url}/v2/models/{C.MODEL_NAME}/infer", data=body.encode(), method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.loads(response.read())
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    assert outputs["item_ids"]["shape"] == [2, 10]
+    assert outputs["item_ids"]["data"][:10] == offline[3][0].tolist()
+    assert outputs["fallback"]["data"] == [False, False]
+
+
+def test_the_repositories_can_be_moved(movielens_build, offline, tmp_path):
+    """Copies of model_repository/ and feature_repo/ serve the same answers from their new place."""
+    moved = tmp_path / "moved"
+    shutil.copytree(movielens_build.repository, moved / "model_repository")
+    shutil.copytree(movielens_build.feature_repo, moved / "feature_repo")
+    spec = server_spec(moved / "model_repository", tmp_path / "state")
+    with TritonServer(spec), RetrievalClient(spec.grpc_url) as c:
+        assert c.recommend([11])[0].item_ids == offline[11][0].tolist()
+    # Not side by side: the documented setting points the models at the feature repository.
+    apart = tmp_path / "apart"
+    shutil.move(str(moved / "feature_repo"), apart)
+    spec = server_spec(moved / "model_repository", tmp_path / "state2", feature_repo=apart)
+    with TritonServer(spec), RetrievalClient(spec.grpc_url) as c:
+        assert c.recommend([11])[0].item_ids == offline[11][0].tolist()
+
+
+def test_a_broken_feature_store_fails_the_load_with_a_reason(movielens_build, tmp_path):
+    shutil.copytree(movielens_build.repository, tmp_path / "model_repository")
+    shutil.copytree(movielens_build.feature_repo, tmp_path / "feature_repo")
+    (tmp_path / "feature_repo" / "data" / "registry.db").unlink()
+    with pytest.raises(ServerError, match="registry.db is missing"):
+        TritonServer(server_spec(tmp_path / "model_repository", tmp_path / "state")).start(timeout=120)
+
+
+def test_tensorflow_backend_export_for_gpu_images(movielens_build, tmp_path):
+    from google.protobuf import text_format
+    import tritonclient.grpc.model_config_pb2 as mc
+
+    models = export_repository(movielens_build.out, tmp_path / "repo", movielens_build.feature_repo,
+                               tower_backend="tensorflow")
+    assert models == [C.MODEL_NAME, "0_query_tower"]
+    tower = tmp_path / "repo" / "0_query_tower"
+    assert (tower / "1" / "model.savedmodel" / "saved_model.pb").exists()
+    config = text_format.Parse((tower / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert config.platform == "tensorflow_savedmodel"
+    manifest = json.loads((movielens_build.out / C.MANIFEST_FILE).read_text())
+    assert sorted(i.name for i in config.input) == sorted(manifest["graph"]["tower_inputs"])
+    assert not (tmp_path / "repo" / C.MODEL_NAME / "1" / "ensemble" / "query_tower").exists()
+
+
+def test_cli_serve_recommend_stop(movielens_build, offline, tmp_path):
+    cli = str(Path(sys.executable).parent / "build-ensemble")
+    spec = server_spec(movielens_build.repository, tmp_path / "state")
+    ports = ["--http-port", str(spec.http_port), "--grpc-port", str(spec.grpc_port), "--metrics-port", str(spec.metrics_port)]
+    state = ["--state-dir", str(tmp_path / "state")]
+    started = subprocess.run([cli, "serve", "--repository", str(movielens_build.repository), "--background", *ports, *state],
+                             capture_output=True, text=True, timeout=200)
+    try:
+        assert started.returncode == 0, started.stderr
+        assert f"gRPC {spec.grpc_url}" in started.stdout
+        for protocol, url in (("grpc", spec.grpc_url), ("http", spec.http_url)):
+            answer = subprocess.run([cli, "recommend", "--user-id", "3", "--user-id", "77777", "--k", "5",
+                                     "--protocol", protocol, "--url", url], capture_output=True, text=True, timeout=60)
+            assert answer.returncode == 0, answer.stderr
+            printed = json.loads(answer.stdout)
+            assert printed[0]["items"] == offline[3][0][:5].tolist() and printed[1]["fallback"] is True
+    finally:
+        stopped = subprocess.run([cli, "stop", *state], capture_output=True, text=True, timeout=60)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout

@@ -1,0 +1,52 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from build_ensemble.cli import main, make_parser
+
+CLI = str(Path(sys.executable).parent / "build-ensemble")
+
+
+def test_every_build_option_is_documented():
+    from build_ensemble.config import BuildConfig
+    import dataclasses
+
+    text = make_parser()._subparsers._group_actions[0].choices["build"].format_help()
+    for f in dataclasses.fields(BuildConfig):
+        assert "--" + f.name.replace("_", "-") in text, f.name
+    assert "(default: synthetic-aliccp)" in text
+
+
+def test_bad_option_value_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["build", "--dataset", "aliccp", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: dataset aliccp needs --train-glob and --valid-glob (parquet files)"
+
+
+def test_missing_data_files_fail_fast_and_leave_nothing(tmp_path):
+    out = tmp_path / "artifacts"
+    args = ["build", "--dataset", "aliccp", "--train-glob", str(tmp_path / "none/*.parquet"),
+            "--valid-glob", str(tmp_path / "none/*.parquet"), "--out", str(out),
+            "--feature-repo", str(tmp_path / "fr"), "--repository", str(tmp_path / "mr")]
+    result = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "no file matches" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_evaluate_without_a_build(tmp_path, capsys):
+    assert main(["evaluate", "--out", str(tmp_path)]) == 2
+    assert "manifest.json is missing" in capsys.readouterr().err
+
+
+def test_stop_without_a_server(tmp_path, capsys):
+    assert main(["stop", "--state-dir", str(tmp_path)]) == 1
+
+
+def test_serve_without_a_repository_fails_fast(tmp_path):
+    result = subprocess.run([CLI, "serve", "--repository", str(tmp_path), "--state-dir", str(tmp_path / "s")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "holds no model" in result.stderr

@@ -1,0 +1,63 @@
+import pytest
+
+from build_ensemble.config import BuildConfig, make_config
+from build_ensemble.errors import ConfigError
+
+
+def test_defaults_learn_on_synthetic_and_movielens_get_their_own():
+    assert make_config().dataset == "synthetic-aliccp"
+    movielens = make_config(overrides={"dataset": "movielens-100k"})
+    assert movielens.exclude_seen is True
+    assert movielens.epochs > make_config().epochs
+
+
+def test_yaml_overrides_defaults_and_flags_override_yaml(tmp_path):
+    path = tmp_path / "build.yaml"
+    path.write_text("dataset: movielens-100k\nepochs: 7\nlearning-rate: 0.01\n")
+    config = make_config(path, {"epochs": 2, "batch_size": None})
+    assert (config.dataset, config.epochs, config.learning_rate) == ("movielens-100k", 2, 0.01)
+    assert config.batch_size == 1024  # None means "not given on the command line"
+
+
+def test_unknown_option_names_it(tmp_path):
+    path = tmp_path / "build.yaml"
+    path.write_text("epocs: 3\n")
+    with pytest.raises(ConfigError, match="unknown option 'epocs'"):
+        make_config(path)
+
+
+def test_missing_and_malformed_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        make_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        make_config(bad)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("dataset", "imagenet", "dataset: got 'imagenet'"),
+        ("epochs", 0, "epochs: got 0, expected a positive integer"),
+        ("learning_rate", -1.0, "learning_rate"),
+        ("l2_reg", -0.1, "l2_reg"),
+        ("temperature", 0.0, "temperature"),
+        ("query_tower", [128, 0], "query_tower"),
+        ("ks", [], "ks"),
+        ("index", "annoy", "index: got 'annoy'"),
+    ],
+)
+def test_invalid_values_name_the_field(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(overrides={field: value})
+
+
+def test_item_tower_must_end_like_query_tower():
+    with pytest.raises(ConfigError, match="must equal the query tower"):
+        BuildConfig(item_tower=[128, 32])
+
+
+def test_aliccp_needs_both_globs():
+    with pytest.raises(ConfigError, match="--train-glob and --valid-glob"):
+        make_config(overrides={"dataset": "aliccp", "train_glob": "x/*.parquet"})

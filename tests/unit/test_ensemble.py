@@ -1,0 +1,65 @@
+import numpy as np
+
+from build_ensemble import constants as C
+from build_ensemble.ensemble import GraphSpec, executor_config, make_ensemble, tensorflow_tower_config
+from build_ensemble.ops import PredictQueryTower
+
+SPEC = GraphSpec(
+    tower_inputs=["age", "user_id"],
+    tower_output="output_1",
+    dim=64,
+    user_features={"age": "int64", "city": "str"},
+    item_features={"genres": "str", "year": "int64"},
+    top_k=7,
+)
+
+
+def test_constructing_the_graph_touches_nothing(tmp_path):
+    """No feature store, index or model is read or materialized when the graph is built."""
+    ensemble = make_ensemble(SPEC, tmp_path / "does-not-exist", "../feature_repo")
+    assert ensemble.input_schema.column_names == [C.USER_ID]
+    assert ensemble.output_schema.column_names == [C.OUTPUT_ITEM_IDS, C.OUTPUT_SCORES, C.OUTPUT_FALLBACK]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_executor_config_batches_and_keeps_ids_int64(tmp_path):
+    from google.protobuf import text_format
+    import tritonclient.grpc.model_config_pb2 as mc
+
+    config = executor_config(make_ensemble(SPEC, tmp_path, "../fr"), "retrieval", 256, 1)
+    text = text_format.MessageToString(config)
+    parsed = text_format.Parse(text, mc.ModelConfig())
+    assert parsed.backend == "python" and parsed.max_batch_size == 256
+    assert parsed.HasField("dynamic_batching")
+    assert [(i.name, i.data_type, list(i.dims)) for i in parsed.input] == [("user_id", mc.TYPE_INT64, [1])]
+    outputs = {o.name: (o.data_type, list(o.dims)) for o in parsed.output}
+    assert outputs == {
+        "item_ids": (mc.TYPE_INT64, [7]),
+        "scores": (mc.TYPE_FP32, [7]),
+        "fallback": (mc.TYPE_BOOL, [1]),
+    }
+    assert parsed.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+
+
+def test_item_features_become_outputs(tmp_path):
+    import tritonclient.grpc.model_config_pb2 as mc
+
+    spec = GraphSpec(**{**SPEC.__dict__, "with_item_features": True})
+    config = executor_config(make_ensemble(spec, tmp_path, "../fr"), "retrieval", 256, 1)
+    outputs = {o.name: (o.data_type, list(o.dims)) for o in config.output}
+    assert outputs["item_genres"] == (mc.TYPE_STRING, [7]) and outputs["item_year"] == (mc.TYPE_INT64, [7])
+
+
+def test_tensorflow_tower_config_for_gpu_images():
+    import tritonclient.grpc.model_config_pb2 as mc
+
+    op = PredictQueryTower("unused", ["age", "user_id"], "output_1", 64)
+    config = tensorflow_tower_config(op, "0_query_tower", 256)
+    assert (config.backend, config.platform) == ("tensorflow", "tensorflow_savedmodel")
+    assert config.parameters["TF_SIGNATURE_DEF"].string_value == "serving_default"
+    assert [(i.name, i.data_type, list(i.dims), list(i.reshape.shape)) for i in config.input] == [
+        ("age", mc.TYPE_INT64, [1], []),
+        ("user_id", mc.TYPE_INT64, [1], []),
+    ]
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [("output_1", mc.TYPE_FP32, [64])]
+    assert config.max_batch_size == 256 and config.HasField("dynamic_batching")
