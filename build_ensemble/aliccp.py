@@ -51,6 +51,28 @@ def synthetic_chunks(rows: int, seed: int, chunk_rows: int = CHUNK_ROWS) -> Iter
         yield generate_data("aliccp-raw", size).to_ddf().compute()
 
 
+def synthetic_catalog(num_items: int, seed: int) -> pd.DataFrame:
+    """A catalog of ``num_items`` items (ids 1..n) with random Ali-CCP item features."""
+    rng = np.random.default_rng(seed + 1)
+    ids = np.arange(1, num_items + 1, dtype=np.int64)
+    sizes = {"item_category": 200, "item_shop": 5000, "item_brand": 2000}
+    return pd.DataFrame({C.ITEM_ID: ids, **{f: rng.integers(1, n + 1, num_items) for f, n in sizes.items()}})
+
+
+def item_sampler(num_items: int, seed: int) -> Callable[[int, np.random.Generator], np.ndarray]:
+    """Draws item ids 1..n with a popularity skew (p ~ 1 / (rank + 10)^0.9, ranks shuffled over ids)."""
+    ranks = np.arange(num_items)
+    weights = 1.0 / (ranks + 10.0) ** 0.9
+    cumulative = np.cumsum(weights / weights.sum())
+    ids = np.random.default_rng(seed + 2).permutation(num_items) + 1
+
+    def draw(size: int, rng: np.random.Generator) -> np.ndarray:
+        position = np.minimum(np.searchsorted(cumulative, rng.random(size)), num_items - 1)
+        return ids[position].astype(np.int64)
+
+    return draw
+
+
 def file_chunks(pattern: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[str, pd.DataFrame]]:
     """Yield ``(file, rows)`` from every parquet file matching ``pattern``, chunk by chunk.
 
@@ -81,8 +103,10 @@ def _write_chunk(writer: SplitWriter, df: pd.DataFrame, source: str, assign: np.
 def prepare_aliccp(config: BuildConfig, root: Path, iterate: Callable = lambda items, desc, total=None: items) -> PreparedData:
     """Write the splits of synthetic or real Ali-CCP data into ``root``.
 
-    Synthetic rows are assigned 80/10/10 to train/valid/test at random; real data keeps the
-    given training files and splits the validation files half/half into valid and test.
+    Synthetic rows are assigned 80/10/10 to train/valid/test at random; with ``config.items``
+    their items are redrawn from a catalog of that size (every catalog item is exported, clicked
+    or not). Real data keeps the given training files and splits the validation files half/half
+    into valid and test.
 
     Args:
         config: build configuration.
@@ -94,7 +118,14 @@ def prepare_aliccp(config: BuildConfig, root: Path, iterate: Callable = lambda i
     if config.dataset == "synthetic-aliccp":
         chunks = synthetic_chunks(config.rows, config.seed)
         total = -(-config.rows // CHUNK_ROWS)
+        if config.items:
+            catalog = synthetic_catalog(config.items, config.seed)
+            draw = item_sampler(config.items, config.seed)
+            writer.add_entities(None, catalog)
         for df in iterate(chunks, "generate synthetic Ali-CCP", total):
+            if config.items:
+                df = df.drop(columns=list(ITEM_FEATURES)).assign(**{C.ITEM_ID: draw(len(df), rng)})
+                df = df.merge(catalog, on=C.ITEM_ID, how="left")
             _write_chunk(writer, df, "synthetic aliccp-raw", rng.choice(3, size=len(df), p=[0.8, 0.1, 0.1]))
     else:
         for file, df in iterate(file_chunks(config.train_glob), "read Ali-CCP train"):

@@ -55,6 +55,18 @@ class ConsoleReporter:
 
         return tqdm(items, desc=f"    {desc}", total=total, file=sys.stderr)
 
+    def batches(self, total: int):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="    training", unit="batch", leave=False, file=sys.stderr)
+
+        def tick(n: int) -> None:
+            bar.update(n)
+            if bar.n >= total:
+                bar.close()
+
+        return tick
+
 
 # ---------------------------------------------------------------- build options from the config
 

@@ -54,6 +54,13 @@ def build_inputs(module, user_ids) -> list:
     return [tensor]
 
 
+def _plain(value):
+    """A tensor element as a Python value (BYTES elements arrive as bytes)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def parse_outputs(user_ids, outputs: dict) -> list:
     """Turn the model's output arrays into one :class:`Recommendation` per user."""
     features = {
@@ -69,10 +76,7 @@ def parse_outputs(user_ids, outputs: dict) -> list:
                 item_ids=outputs[C.OUTPUT_ITEM_IDS][row].astype(np.int64).tolist(),
                 scores=outputs[C.OUTPUT_SCORES][row].astype(float).tolist(),
                 fallback=bool(outputs[C.OUTPUT_FALLBACK][row].reshape(-1)[0]),
-                item_features={
-                    k: [v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v for v in vals[row]]
-                    for k, vals in features.items()
-                },
+                item_features={name: [_plain(v) for v in values[row]] for name, values in features.items()},
             )
         )
     return result

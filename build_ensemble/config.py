@@ -36,6 +36,9 @@ class BuildConfig:
     # Data.
     dataset: str = _opt("synthetic-aliccp", "data source", choices=DATASETS)
     rows: int = _opt(100_000, "synthetic-aliccp: number of interaction rows to generate")
+    items: int | None = _opt(
+        None, "synthetic-aliccp: catalog size; items are drawn with a popularity skew (default: the generator's own)"
+    )
     train_glob: str | None = _opt(None, "aliccp: glob of the training parquet files (raw Ali-CCP format)")
     valid_glob: str | None = _opt(
         None, "aliccp: glob of the validation parquet files; split half/half into valid and test"
@@ -93,6 +96,8 @@ class BuildConfig:
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: got {getattr(self, name)!r}, expected a positive integer")
+        if self.items is not None and (not isinstance(self.items, int) or self.items <= 0):
+            raise ConfigError(f"items: got {self.items!r}, expected a positive integer")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate: got {self.learning_rate!r}, expected a positive number")
         if self.l2_reg < 0:

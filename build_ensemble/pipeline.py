@@ -53,6 +53,10 @@ class Reporter:
         """Wrap a long loop (the CLI shows a progress bar)."""
         return items
 
+    def batches(self, total: int) -> Callable[[int], None] | None:
+        """Per-batch progress of the next training epoch: a callable taking a batch count, or None."""
+        return None
+
 
 @dataclass
 class BuildResult:
@@ -180,7 +184,7 @@ def _train(config: BuildConfig, data: PreparedData, transformed, users: pd.DataF
         result = ev.evaluate(scorer, valid, [10], exclude=exclude, max_users=config.eval_users, seed=config.seed)
         return {f"valid_{k}": v for k, v in result.items() if k != "users"}
 
-    result = train_model(config, transformed.train_dir, validate, MONITOR, reporter.epoch)
+    result = train_model(config, transformed.train_dir, validate, MONITOR, reporter.epoch, reporter.batches)
     user_vectors = embed(result.model.query_encoder, encoded_users, user_schema)
     item_vectors = embed(result.model.candidate_encoder, encoded_items, item_schema)
     return result, user_vectors, item_vectors

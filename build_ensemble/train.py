@@ -168,6 +168,7 @@ def train_model(
     validate: Callable[[object], dict],
     monitor: str,
     progress: Callable[[dict], None] | None = None,
+    batch_progress: Callable[[int], Callable[[int], None] | None] | None = None,
 ) -> TrainResult:
     """Train epoch by epoch, score the validation set after each, keep the best weights.
 
@@ -177,6 +178,8 @@ def train_model(
         validate: called with the model after each epoch; returns validation metrics.
         monitor: metric of ``validate`` to maximise (early stopping).
         progress: optional callback receiving each epoch's record.
+        batch_progress: optional; called with the number of batches before each epoch, returns
+            a callable advanced by one per batch (a progress bar) or None.
     """
     import tensorflow as tf
     from merlin.io import Dataset
@@ -198,7 +201,9 @@ def train_model(
     n_rows = dataset.num_rows
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
-        fit = model.fit(loader, epochs=1, verbose=0)
+        tick = batch_progress(len(loader)) if batch_progress else None
+        callbacks = [tf.keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_: tick(1))] if tick else []
+        fit = model.fit(loader, epochs=1, verbose=0, callbacks=callbacks)
         seconds = time.perf_counter() - start
         train_seconds += seconds
         examples += n_rows

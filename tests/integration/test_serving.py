@@ -186,3 +186,24 @@ def test_cli_serve_recommend_stop(movielens_build, offline, tmp_path):
     finally:
         stopped = subprocess.run([cli, "stop", *state], capture_output=True, text=True, timeout=60)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
+
+
+def test_item_features_of_each_candidate(movielens_build, offline, tmp_path):
+    """--with-item-features: each candidate's item features come from the item_features view."""
+    from build_ensemble.ensemble import GraphSpec
+
+    manifest = json.loads((movielens_build.out / C.MANIFEST_FILE).read_text())
+    spec = GraphSpec(**{**manifest["graph"], "with_item_features": True})
+    shutil.copytree(movielens_build.feature_repo, tmp_path / "feature_repo")
+    export_repository(movielens_build.out, tmp_path / "model_repository", tmp_path / "feature_repo", spec)
+    items = pd.read_parquet(movielens_build.out / C.ITEM_FEATURES_FILE).set_index(C.ITEM_ID)
+    server = server_spec(tmp_path / "model_repository", tmp_path / "state")
+    with TritonServer(server), RetrievalClient(server.http_url, "http") as c:
+        known, unknown = c.recommend([3, 10**8])
+    assert known.item_ids == offline[3][0].tolist()
+    assert set(known.item_features) == {"genres", "release_year", "title"}
+    for position, item in enumerate(known.item_ids + unknown.item_ids):
+        answer = known if position < 10 else unknown
+        assert answer.item_features["release_year"][position % 10] == items.loc[item, "release_year"]
+        assert answer.item_features["title"][position % 10] == items.loc[item, "title"]
+        assert answer.item_features["genres"][position % 10] == "|".join(items.loc[item, "genres"])

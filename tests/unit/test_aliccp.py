@@ -72,3 +72,22 @@ def test_synthetic_rows_split_80_10_10(tmp_path):
     rows = np.array([data.counts[f"{s}_rows"] for s in ("train", "valid", "test")])
     assert rows.sum() == 5000
     assert np.allclose(rows / 5000, [0.8, 0.1, 0.1], atol=0.03)
+
+
+def test_item_count_option_exports_the_whole_catalog(tmp_path):
+    config = make_config(overrides={"rows": 4000, "items": 5000, "seed": 1})
+    data = aliccp.prepare_aliccp(config, tmp_path)
+    items = pd.read_parquet(data.items)
+    assert items[C.ITEM_ID].tolist() == list(range(1, 5001))
+    assert list(items.columns) == [C.ITEM_ID, *aliccp.ITEM_FEATURES]
+    train = data.read_split("train")
+    assert train[C.ITEM_ID].between(1, 5000).all()
+    counts = train[C.ITEM_ID].value_counts()
+    assert counts.iloc[0] > 5 * counts.median()  # popularity skew
+
+
+def test_items_must_be_positive():
+    from build_ensemble.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="items: got 0"):
+        make_config(overrides={"items": 0})
