@@ -214,7 +214,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n==> serve (log: {spec.log_path})", file=sys.stderr, flush=True)
     users = pd.read_parquet(result.out / C.TEST_FILE, columns=[C.USER_ID])[C.USER_ID].unique()[:3].tolist()
     unknown = int(pd.read_parquet(result.out / C.USER_FEATURES_FILE)[C.USER_ID].max()) + 1
-    with TritonServer(spec).start(timeout=args.timeout):
+    server = TritonServer(spec).start(timeout=args.timeout)
+    try:
         for protocol, url in (("grpc", spec.grpc_url), ("http", spec.http_url)):
             with RetrievalClient(url, protocol) as client:
                 answers = client.recommend(users + [unknown])
@@ -222,6 +223,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             for a in answers:
                 tag = "  (fallback: popular items)" if a.fallback else ""
                 print(f"  user {a.user_id:>8}: items {a.item_ids}{tag}")
+    finally:
+        server.stop()
     print("\nserver stopped. Serve it yourself with `build-ensemble serve`.")
     return 0
 

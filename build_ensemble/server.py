@@ -241,7 +241,7 @@ class TritonServer:
             self.process = None
 
     def __enter__(self) -> "TritonServer":
-        return self.start()
+        return self if self.process is not None else self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
