@@ -20,6 +20,7 @@ SPLITS = ("random", "temporal")
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 TOWER_BACKENDS = ("python", "tensorflow")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
+MODELS = ("two-tower", "mf")
 
 
 def _opt(default: Any, help: str, **kwargs: Any) -> Any:
@@ -53,8 +54,18 @@ class BuildConfig:
     repository: str = _opt("model_repository", "Triton model repository the build exports")
 
     # Model.
+    model: str = _opt(
+        "two-tower", "two-tower (features + MLP towers) or mf (id embeddings only, the matrix-factorization baseline)",
+        choices=MODELS,
+    )
     query_tower: list = _opt([128, 64], "query tower MLP layer sizes (last layer has no activation)")
     item_tower: list | None = _opt(None, "item tower MLP layer sizes (default: same as query tower)")
+    id_embedding_dim: int | None = _opt(
+        None, "embedding size of user_id and item_id (default: inferred from cardinality, like the other features)"
+    )
+    dropout: float = _opt(0.0, "dropout rate in the tower MLPs")
+    mlp_l2: float = _opt(0.0, "L2 penalty on the tower MLPs' weights")
+    normalize: bool = _opt(False, "L2-normalize the tower outputs (cosine scores; pair with a temperature < 1)")
     optimizer: str = _opt("adam", "optimizer", choices=OPTIMIZERS)
     learning_rate: float = _opt(3e-3, "learning rate")
     epochs: int = _opt(5, "maximum training epochs (early stopping on validation NDCG picks the best)")
@@ -100,8 +111,13 @@ class BuildConfig:
             raise ConfigError(f"items: got {self.items!r}, expected a positive integer")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate: got {self.learning_rate!r}, expected a positive number")
-        if self.l2_reg < 0:
-            raise ConfigError(f"l2_reg: got {self.l2_reg!r}, expected >= 0")
+        if self.id_embedding_dim is not None and (not isinstance(self.id_embedding_dim, int) or self.id_embedding_dim <= 0):
+            raise ConfigError(f"id_embedding_dim: got {self.id_embedding_dim!r}, expected a positive integer")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout: got {self.dropout!r}, expected 0 <= dropout < 1")
+        for name in ("l2_reg", "mlp_l2"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: got {getattr(self, name)!r}, expected >= 0")
         if self.temperature <= 0:
             raise ConfigError(f"temperature: got {self.temperature!r}, expected a positive number")
         for name in ("query_tower", "item_tower", "ks"):

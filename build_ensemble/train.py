@@ -72,22 +72,29 @@ def logq_corrected_logits(scores: np.ndarray, item_ids: np.ndarray, probs: np.nd
     return scores / temperature - np.log(probs[item_ids])[None, :]
 
 
-def _encoder(schema, dims: list, l2_reg: float):
+def _encoder(schema, dims: list, config: BuildConfig):
     import merlin.models.tf as mm
+    from merlin.schema import Tags
 
-    embeddings = mm.Embeddings(schema, l2_batch_regularization_factor=l2_reg)
-    return mm.Encoder(
-        mm.InputBlockV2(schema, categorical=embeddings),
-        mm.MLPBlock(list(dims), no_activation_last_layer=True),
+    ids = schema.select_by_tag([Tags.USER_ID, Tags.ITEM_ID]).column_names
+    sizes = {name: config.id_embedding_dim for name in ids} if config.id_embedding_dim else None
+    embeddings = mm.Embeddings(schema, dim=sizes, l2_batch_regularization_factor=config.l2_reg)
+    import tensorflow as tf
+
+    regularizer = tf.keras.regularizers.l2(config.mlp_l2) if config.mlp_l2 else None
+    mlp = mm.MLPBlock(
+        list(dims), no_activation_last_layer=True, dropout=config.dropout or None, kernel_regularizer=regularizer
     )
+    return mm.Encoder(mm.InputBlockV2(schema, categorical=embeddings), mlp, post=mm.L2Norm() if config.normalize else None)
 
 
 def build_model(schema, config: BuildConfig, item_probs: np.ndarray | None):
-    """Build and compile the Two-Tower model.
+    """Build and compile the Two-Tower model (or, with ``config.model == "mf"``, matrix factorization).
 
     The query tower encodes the features tagged USER, the item tower those tagged ITEM;
     embedding sizes follow the cardinalities; the loss is categorical cross-entropy over
-    in-batch negatives, logQ-corrected when ``item_probs`` is given.
+    in-batch negatives, logQ-corrected when ``item_probs`` is given. The MF baseline keeps only
+    the user and item id embeddings (size: the last query-tower layer) under the same loss.
 
     Args:
         schema: schema of the transformed training data.
@@ -120,11 +127,17 @@ def build_model(schema, config: BuildConfig, item_probs: np.ndarray | None):
         post=post,
         store_negative_ids=post is not None,
     )
-    model = mm.TwoTowerModelV2(
-        _encoder(user_schema, config.query_tower, config.l2_reg),
-        _encoder(item_schema, config.item_tower_dims, config.l2_reg),
-        outputs=outputs,
-    )
+    if config.model == "mf":
+        ids = schema.select_by_tag([Tags.USER_ID, Tags.ITEM_ID])
+        model = mm.MatrixFactorizationModelV2(
+            ids, dim=config.query_tower[-1], embeddings_l2_batch_regularization=config.l2_reg, outputs=outputs
+        )
+    else:
+        model = mm.TwoTowerModelV2(
+            _encoder(user_schema, config.query_tower, config),
+            _encoder(item_schema, config.item_tower_dims, config),
+            outputs=outputs,
+        )
     optimizers = {
         "adam": tf.keras.optimizers.Adam,
         "adagrad": tf.keras.optimizers.Adagrad,

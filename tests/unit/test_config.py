@@ -61,3 +61,12 @@ def test_item_tower_must_end_like_query_tower():
 def test_aliccp_needs_both_globs():
     with pytest.raises(ConfigError, match="--train-glob and --valid-glob"):
         make_config(overrides={"dataset": "aliccp", "train_glob": "x/*.parquet"})
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("dropout", 1.0), ("dropout", -0.1), ("mlp_l2", -1.0), ("id_embedding_dim", 0), ("model", "bpr")],
+)
+def test_model_options_are_checked(field, value):
+    with pytest.raises(ConfigError, match=field):
+        make_config(overrides={field: value})
