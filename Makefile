@@ -11,13 +11,15 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/constraints.txt
+$(STAMP): pyproject.toml requirements/constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
 	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev]'
 	# Only the tritonserver binary, libraries and backend stubs of this wheel are used;
 	# its Python dependencies conflict with the Merlin pins (see README).
 	$(BIN)/pip install -q --no-deps -c requirements/constraints.txt nvidia-pytriton
+	# perf_analyzer: the real binary ships in the tritonclient 2.51 wheel (see README, Load tests).
+	$(BIN)/python -m build_ensemble.perf_analyzer install
 	touch $@
 
 demo: setup

@@ -80,14 +80,13 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         kwargs = {"dest": f.name, "default": None, "help": helptext}
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
-        if isinstance(default, bool):
+        kind = str(f.type).split(" | ")[0]  # annotations are strings: "int | None", "list", ...
+        if kind == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif f.name in ("query_tower", "item_tower", "ks"):
+        elif kind == "list":
             parser.add_argument(flag, nargs="+", type=int, metavar="N", **kwargs)
-        elif isinstance(default, int):
-            parser.add_argument(flag, type=int, **kwargs)
-        elif isinstance(default, float):
-            parser.add_argument(flag, type=float, **kwargs)
+        elif kind in ("int", "float"):
+            parser.add_argument(flag, type=int if kind == "int" else float, **kwargs)
         else:
             parser.add_argument(flag, **kwargs)
 
@@ -198,6 +197,43 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from build_ensemble import loadtest
+    from build_ensemble.server import read_state
+
+    ids = loadtest.UserIds(args.out, args.unknown_share, args.seed)
+    state = read_state(args.state_dir)
+    pid = state["pid"] if state else None
+    urls = {"grpc": args.grpc_url, "http": args.http_url}
+    levels = [("concurrency", c) for c in args.concurrency or []] + [("rate", r) for r in args.rate or []]
+    results = []
+    for protocol in args.protocol:
+        for kind, value in levels:
+            print(f"==> {protocol} {kind} {value} for {args.requests or args.duration} "
+                  f"{'requests' if args.requests else 's'}", file=sys.stderr, flush=True)
+            results.append(loadtest.run_level(
+                urls[protocol], protocol, ids, duration=args.duration, requests=args.requests,
+                users_per_request=args.users_per_request, server_pid=pid, **{kind: value},
+            ))
+    print(loadtest.format_table(results))
+    paths = loadtest.write_results(results, args.results)
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+    if args.perf_analyzer:
+        from build_ensemble import perf_analyzer
+
+        folder = Path(args.results)
+        data = perf_analyzer.write_input_data(folder / "perf_analyzer_input.json", ids.sample(1000))
+        rows = []
+        for protocol in args.protocol:
+            for concurrency in args.concurrency or [1]:
+                report = folder / f"perf_analyzer_{protocol}_c{concurrency}.csv"
+                rows.append({"protocol": protocol, **perf_analyzer.run(urls[protocol], protocol, data, concurrency, report)})
+                print(f"perf_analyzer {protocol} c={concurrency}: {rows[-1]['rps']:.1f} infer/s, "
+                      f"p50 {rows[-1]['p50_ms']:.2f} ms, p99 {rows[-1]['p99_ms']:.2f} ms")
+        (folder / "perf_analyzer.json").write_text(json.dumps({"levels": rows}, indent=2) + "\n")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build on the default data set, serve, ask a few users over both protocols, stop."""
     import pandas as pd
@@ -275,6 +311,23 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     p.set_defaults(func=cmd_recommend)
 
+    p = sub.add_parser("loadtest", help="drive the served model with real user ids; report throughput and latency")
+    p.add_argument("--out", default="artifacts", help="build folder whose users are sent (default: artifacts)")
+    p.add_argument("--protocol", nargs="+", choices=("grpc", "http"), default=["grpc"], help="protocols (default: grpc)")
+    p.add_argument("--grpc-url", default="127.0.0.1:8001", help="gRPC host:port, loopback only (default: 127.0.0.1:8001)")
+    p.add_argument("--http-url", default="127.0.0.1:8000", help="HTTP host:port, loopback only (default: 127.0.0.1:8000)")
+    p.add_argument("--concurrency", nargs="+", type=int, help="closed-loop levels: concurrent requests (default: 1 2 4 8)")
+    p.add_argument("--rate", nargs="+", type=float, help="open-loop levels: requests per second")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per level (default: 10)")
+    p.add_argument("--requests", type=int, default=None, help="requests per level instead of a duration")
+    p.add_argument("--users-per-request", type=int, default=1, help="user ids per request (default: 1)")
+    p.add_argument("--unknown-share", type=float, default=0.0, help="share of unknown user ids (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the user-id draw")
+    p.add_argument("--results", default="benchmarks/loadtest", help="folder for CSV, JSON and PNG (default: benchmarks/loadtest)")
+    p.add_argument("--state-dir", default=".serve", help="state folder of `serve --background` (for the server's RSS)")
+    p.add_argument("--perf-analyzer", action="store_true", help="also run NVIDIA perf_analyzer on the same user ids")
+    p.set_defaults(func=cmd_loadtest)
+
     p = sub.add_parser("demo", help="build on the default data set, serve, query a few users over gRPC and HTTP, stop")
     _add_config_options(p)
     _add_server_options(p, with_repos=False)
@@ -284,6 +337,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list | None = None) -> int:
     args = make_parser().parse_args(argv)
+    if getattr(args, "func", None) is cmd_loadtest and not args.concurrency and not args.rate:
+        args.concurrency = [1, 2, 4, 8]
     if not args.verbose:
         _quiet_libraries()
     logging.basicConfig(

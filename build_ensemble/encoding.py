@@ -34,9 +34,14 @@ class CategoryEncoder:
 
     def __init__(self, column: str, values: np.ndarray, codes: np.ndarray):
         self.column = column
-        self.index = pd.Index(values)
-        self.codes = np.asarray(codes, dtype=np.int64)
-        self.numeric = pd.api.types.is_numeric_dtype(self.index.dtype)
+        values = np.asarray(values)
+        codes = np.asarray(codes, dtype=np.int64)
+        self.numeric = values.dtype.kind in "iub"
+        if self.numeric:
+            order = np.argsort(values, kind="stable")
+            self.sorted_values, self.sorted_codes = values[order].astype(np.int64), codes[order]
+        else:
+            self.lookup = dict(zip(values.tolist(), codes.tolist()))
 
     @classmethod
     def read(cls, categories_dir: str | Path, column: str) -> "CategoryEncoder":
@@ -54,13 +59,14 @@ class CategoryEncoder:
             ``[n]`` int64 codes.
         """
         values = np.asarray(values)
-        missing = pd.isna(values)
-        if self.numeric and values.dtype == object:
-            clean = np.where(missing, 0, values).astype(np.int64)
-        else:
-            clean = values
-        position = self.index.get_indexer(clean)
-        codes = np.where(position >= 0, self.codes[np.maximum(position, 0)], OOV_CODE)
+        if not self.numeric:
+            return np.array([NULL_CODE if v is None or v != v else self.lookup.get(v, OOV_CODE) for v in values],
+                            dtype=np.int64)
+        missing = pd.isna(values) if values.dtype.kind in "Of" else np.zeros(len(values), dtype=bool)
+        clean = np.where(missing, 0, values).astype(np.int64) if missing.any() or values.dtype.kind != "i" else values
+        position = np.minimum(np.searchsorted(self.sorted_values, clean), len(self.sorted_values) - 1)
+        hit = self.sorted_values[position] == clean
+        codes = np.where(hit, self.sorted_codes[position], OOV_CODE)
         return np.where(missing, NULL_CODE, codes).astype(np.int64)
 
 

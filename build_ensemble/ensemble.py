@@ -54,6 +54,7 @@ class GraphSpec:
         item_features: ``{name: dtype}`` raw item features (returned with ``with_item_features``).
         top_k: items per user.
         with_item_features: also return each candidate's item features.
+        numpy_tower: serve the query tower from its verified NumPy copy instead of the SavedModel.
     """
 
     tower_inputs: list
@@ -63,6 +64,7 @@ class GraphSpec:
     item_features: dict = field(default_factory=dict)
     top_k: int = 10
     with_item_features: bool = False
+    numpy_tower: bool = False
 
 
 def make_ensemble(spec: GraphSpec, build_dir: str | Path, feature_repo: str):
@@ -81,7 +83,10 @@ def make_ensemble(spec: GraphSpec, build_dir: str | Path, feature_repo: str):
         [C.USER_ID]
         >> QueryUserFeatures(feature_repo, spec.user_features)
         >> EncodeUserFeatures(str(build_dir / C.WORKFLOW_DIR), [C.USER_ID, *spec.user_features])
-        >> PredictQueryTower(str(build_dir / C.QUERY_TOWER_DIR), spec.tower_inputs, spec.tower_output, spec.dim)
+        >> PredictQueryTower(
+            str(build_dir / C.QUERY_TOWER_DIR), spec.tower_inputs, spec.tower_output, spec.dim,
+            str(build_dir / C.COMPILED_TOWER_DIR) if spec.numpy_tower else None,
+        )
         >> QueryIndex(str(build_dir / C.INDEX_DIR), spec.top_k)
     )
     if spec.with_item_features:
@@ -115,7 +120,7 @@ class QueryTowerTriton(PredictQueryTower):
     export_name = "query_tower"
 
     def __init__(self, op: PredictQueryTower, model_name: str):
-        super().__init__(op.saved_model_dir, op.inputs, op.output, op.dim)
+        super().__init__(op.saved_model_dir, op.inputs, op.output, op.dim)  # Triton runs the SavedModel
         self.model_name = model_name
 
     def save_artifacts(self, artifact_path: str) -> None:
@@ -209,20 +214,20 @@ def _write_config(config, folder: Path) -> None:
 class RetrievalRuntime:
     """Runs and exports the retrieval graph.
 
-    ``transform`` runs the graph in process with merlin's executor (the Triton model and
-    the tests use it); ``export`` writes the Triton model repository.
+    ``transform`` runs the graph in process (the Triton model and the tests use it). The graph
+    is a chain, so its operators are called in order; merlin's generic executor, which
+    re-derives column selections on every call, costs more than the operators themselves.
+    ``export`` writes the Triton model repository.
 
     Args:
         tower_backend: ``python`` (tower inside the graph's process) or ``tensorflow``.
     """
 
     def __init__(self, tower_backend: str = "python"):
-        from merlin.dag.executors import LocalExecutor
-
         if tower_backend not in ("python", "tensorflow"):
             raise ValueError(f"tower_backend must be python or tensorflow, got {tower_backend!r}")
         self.tower_backend = tower_backend
-        self.executor = LocalExecutor()
+        self._chains: dict = {}
 
     @staticmethod
     def load(ensemble, artifact_path: str) -> None:
@@ -230,9 +235,25 @@ class RetrievalRuntime:
         for node in _nodes(ensemble):
             node.op.load_artifacts(artifact_path)
 
+    def chain(self, ensemble) -> list:
+        """The graph's operator nodes in call order.
+
+        Raises:
+            ValueError: if the graph is not a chain (a node with several inputs).
+        """
+        if id(ensemble) not in self._chains:
+            nodes = _nodes(ensemble)
+            for previous, node in zip(nodes, nodes[1:]):
+                if node.parents_with_dependencies != [previous]:
+                    raise ValueError(f"{type(node.op).__name__} does not read only its predecessor's output")
+            self._chains[id(ensemble)] = nodes[1:]
+        return self._chains[id(ensemble)]
+
     def transform(self, ensemble, table):
         """Run the graph on a table holding ``user_id``."""
-        return self.executor.transform(table, ensemble.graph)
+        for node in self.chain(ensemble):
+            table = node.op.transform(node.input_columns, table)
+        return table
 
     def export(
         self,

@@ -116,29 +116,76 @@ def view_features(store, view: str) -> list[str]:
     return [f.name for f in store.get_feature_view(view).features]
 
 
-def read_online(store, view: str, entity: str, ids: np.ndarray, features: list[str]) -> tuple[dict, np.ndarray]:
-    """Online features of ``ids``, selected by name (Feast's output order is arbitrary).
+class OnlineReader:
+    """Reads one feature view's online features by entity id, selected by name.
+
+    Goes through the online store's ``online_read`` (the interface every Feast online store
+    implements) with the feature view resolved once, rather than ``get_online_features``,
+    whose per-call request handling and registry lookups cost over ten times more for one
+    entity; tests hold the two equal.
 
     Args:
         store: the feature store.
         view: feature view name.
         entity: join key (``user_id`` or ``item_id``).
-        ids: ``[n]`` int64 raw ids.
         features: feature names to read.
-
-    Returns:
-        ``({feature: [n] object array}, found)`` where ``found`` is ``[n]`` bool: False where
-        the store has no row for the id (every feature is None). A missing single feature
-        is None too; the workflow's Categorify maps it to its null index.
     """
+
+    def __init__(self, store, view: str, entity: str, features: list[str]):
+        self.table = store.get_feature_view(view)
+        self.provider = store._get_provider()
+        self.config = store.config
+        self.entity = entity
+        self.features = list(features)
+
+    def read(self, ids: np.ndarray) -> tuple[dict, np.ndarray]:
+        """Features of ``ids``.
+
+        Args:
+            ids: ``[n]`` int64 raw ids.
+
+        Returns:
+            ``({feature: [n] object array}, found)`` where ``found`` is ``[n]`` bool: False
+            where the store has no row for the id (every feature is None). A missing single
+            feature is None too; the workflow's Categorify maps it to its null index.
+        """
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+        from feast.type_map import feast_value_type_to_python_type
+
+        keys = [EntityKey(join_keys=[self.entity], entity_values=[Value(int64_val=int(i))]) for i in ids]
+        rows = self.provider.online_read(
+            config=self.config, table=self.table, entity_keys=keys, requested_features=self.features
+        )
+        columns = {name: np.full(len(keys), None, dtype=object) for name in self.features}
+        found = np.zeros(len(keys), dtype=bool)
+        for number, (_, values) in enumerate(rows):
+            for name, value in (values or {}).items():
+                if name in columns:
+                    decoded = feast_value_type_to_python_type(value)
+                    columns[name][number] = decoded
+                    found[number] |= decoded is not None
+        return columns, found
+
+
+def read_online(store, view: str, entity: str, ids: np.ndarray, features: list[str]) -> tuple[dict, np.ndarray]:
+    """One-off read of :class:`OnlineReader` (see there)."""
+    return OnlineReader(store, view, entity, features).read(ids)
+
+
+def _objects(values: list) -> np.ndarray:
+    """A 1-d object array of the values (list values stay elements)."""
+    out = np.empty(len(values), dtype=object)
+    for number, value in enumerate(values):
+        out[number] = value
+    return out
+
+
+def read_online_reference(store, view: str, entity: str, ids: np.ndarray, features: list[str]) -> tuple[dict, np.ndarray]:
+    """The same read through Feast's public ``get_online_features`` (the reference for tests)."""
     rows = [{entity: int(i)} for i in ids]
-    refs = [f"{view}:{name}" for name in features]
-    values = store.get_online_features(features=refs, entity_rows=rows).to_dict()
-    columns = {}
-    for name in features:
-        column = np.empty(len(rows), dtype=object)
-        column[:] = values[name]
-        columns[name] = column
+    values = store.get_online_features(features=[f"{view}:{name}" for name in features], entity_rows=rows).to_dict()
+    columns = {name: _objects(values[name]) for name in features}
     found = np.zeros(len(rows), dtype=bool)
     for column in columns.values():
         found |= np.array([v is not None for v in column], dtype=bool)

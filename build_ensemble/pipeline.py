@@ -187,7 +187,7 @@ def _train(config: BuildConfig, data: PreparedData, transformed, users: pd.DataF
     result = train_model(config, transformed.train_dir, validate, MONITOR, reporter.epoch, reporter.batches)
     user_vectors = embed(result.model.query_encoder, encoded_users, user_schema)
     item_vectors = embed(result.model.candidate_encoder, encoded_items, item_schema)
-    return result, user_vectors, item_vectors
+    return result, user_vectors, item_vectors, encoded_users
 
 
 def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
@@ -199,6 +199,7 @@ def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
     from build_ensemble import feature_store as fs
     from build_ensemble.ensemble import GraphSpec, export_repository, tower_signature
     from build_ensemble.index import build_index, save_index
+    from build_ensemble.tower import compile_tower
     from build_ensemble.train import save_towers
     from build_ensemble.workflow import fit_workflow
 
@@ -214,8 +215,10 @@ def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
         users = pd.read_parquet(data.users)
         items = pd.read_parquet(data.items)
         with timer.stage("train"):
-            result, user_vectors, item_vectors = _train(config, data, transformed, users, items, reporter)
+            result, user_vectors, item_vectors, encoded_users = _train(config, data, transformed, users, items, reporter)
             query_dir, _ = save_towers(result.model, staged_out)
+            inputs = {c: encoded_users[c].to_numpy() for c in encoded_users.columns}
+            tower = compile_tower(result.model.query_encoder, inputs, user_vectors, staged_out / C.COMPILED_TOWER_DIR)
         with timer.stage("evaluate"):
             write_embeddings(staged_out / C.USER_EMBEDDINGS_FILE, C.USER_ID, users[C.USER_ID], user_vectors)
             write_embeddings(staged_out / C.ITEM_EMBEDDINGS_FILE, C.ITEM_ID, items[C.ITEM_ID], item_vectors)
@@ -251,6 +254,7 @@ def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
                 item_features={f: _feast_dtype(items[f]) for f in items.columns if f != C.ITEM_ID},
                 top_k=config.top_k,
                 with_item_features=config.with_item_features,
+                numpy_tower=tower["runtime"] == "numpy",
             )
             models = export_repository(staged_out, staged_models, feature_repo, spec, config.tower_backend)
         shutil.rmtree(staged_out / ".work", ignore_errors=True)
@@ -263,11 +267,14 @@ def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
             {
                 "index": dataclasses.asdict(index.info),
                 "training": {"best_epoch": result.best_epoch, "examples_per_second": round(result.examples_per_second, 1)},
+                "query_tower": tower,
                 "models": models,
                 "graph": dataclasses.asdict(spec),
                 "feature_repo": str(feature_repo),
                 "repository": str(repository),
-                "checksums": file_checksums(staged_out, [C.QUERY_TOWER_DIR, C.WORKFLOW_DIR, C.INDEX_DIR]),
+                "checksums": file_checksums(
+                    staged_out, [C.QUERY_TOWER_DIR, C.COMPILED_TOWER_DIR, C.WORKFLOW_DIR, C.INDEX_DIR]
+                ),
             },
         )
         write_json(staged_out / C.MANIFEST_FILE, info)

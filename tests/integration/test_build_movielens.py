@@ -80,6 +80,7 @@ def test_manifest_records_versions_options_data_and_timings(movielens_build):
     assert manifest["index"]["kind"] == "flat" and manifest["index"]["recall_at_k"] == 1.0
     assert set(manifest["timings_seconds"]) >= {"data", "workflow", "train", "evaluate", "index", "ensemble"}
     assert manifest["metrics"] == movielens_build.metrics
+    assert manifest["query_tower"]["runtime"] == "numpy" and manifest["query_tower"]["max_abs_diff"] < 1e-4
 
 
 def test_evaluate_command_reproduces_the_build_metrics(movielens_build):

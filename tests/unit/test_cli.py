@@ -50,3 +50,9 @@ def test_serve_without_a_repository_fails_fast(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "holds no model" in result.stderr
+
+
+def test_flags_are_typed_by_their_field():
+    args = make_parser().parse_args(["build", "--items", "1000", "--learning-rate", "0.01", "--query-tower", "32", "16",
+                                     "--no-logq", "--id-embedding-dim", "8"])
+    assert (args.items, args.learning_rate, args.query_tower, args.logq, args.id_embedding_dim) == (1000, 0.01, [32, 16], False, 8)

@@ -71,3 +71,14 @@ def test_missing_repository_is_named(tmp_path):
 def test_naive_timestamps_are_refused(tmp_path):
     with pytest.raises(ValueError, match="timezone-aware"):
         fs.write_repo(tmp_path, pd.DataFrame(), pd.DataFrame(), datetime(2026, 1, 1))
+
+
+def test_fast_read_equals_get_online_features(repo):
+    store = fs.open_store(repo)
+    ids = np.array([2, 99, 1, 3, 1])
+    for view, entity, names in ((C.USER_VIEW, C.USER_ID, ["age", "city"]), (C.ITEM_VIEW, C.ITEM_ID, ["genres", "year"])):
+        fast, fast_found = fs.read_online(store, view, entity, ids if view == C.USER_VIEW else np.array([11, 10, 5]), names)
+        ref, ref_found = fs.read_online_reference(store, view, entity, ids if view == C.USER_VIEW else np.array([11, 10, 5]), names)
+        np.testing.assert_array_equal(fast_found, ref_found)
+        for name in names:
+            assert list(fast[name]) == list(ref[name]), name

@@ -1,0 +1,71 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from build_ensemble import train as T
+from build_ensemble.config import make_config
+from build_ensemble.tower import NumpyTower, UnsupportedTower, compile_tower, extract
+
+
+def _schema(list_feature=False):
+    from merlin.schema import ColumnSchema, Schema, Tags
+
+    def column(name, tags, cardinality, is_list=False):
+        dims = (None, None) if is_list else None
+        return ColumnSchema(name, dtype=np.int64, tags=[*tags, Tags.CATEGORICAL], dims=dims,
+                            properties={"domain": {"min": 0, "max": cardinality - 1, "name": name}})
+
+    columns = [column("user_id", [Tags.USER_ID, Tags.USER], 50), column("age", [Tags.USER], 9),
+               column("zone", [Tags.USER], 5), column("item_id", [Tags.ITEM_ID, Tags.ITEM], 30)]
+    if list_feature:
+        columns.append(column("tags", [Tags.USER], 7, is_list=True))
+    return Schema(columns)
+
+
+def _users():
+    return pd.DataFrame({"user_id": np.arange(3, 40), "age": np.arange(37) % 9, "zone": np.arange(37) % 5,
+                         "item_id": np.arange(37) % 27 + 3})
+
+
+@pytest.mark.parametrize("options", [{}, {"dropout": 0.3, "normalize": True, "query_tower": [32, 16, 8]}])
+def test_numpy_tower_gives_tensorflows_numbers(options, tmp_path):
+    import merlin.models.tf as mm
+    from merlin.io import Dataset
+
+    schema = _schema()
+    model = T.build_model(schema, make_config(overrides=options), None)
+    users = _users()
+    features, _ = next(iter(mm.Loader(Dataset(users, schema=schema, cpu=True), batch_size=64, shuffle=False)))
+    reference = model.query_encoder(features).numpy()
+    inputs = {c: users[c].to_numpy() for c in ("user_id", "age", "zone")}
+    tower = extract(model.query_encoder)
+    assert tower.features == ["age", "user_id", "zone"]
+    np.testing.assert_allclose(tower(inputs), reference, atol=1e-6)
+    result = compile_tower(model.query_encoder, inputs, reference, tmp_path / "tower")
+    assert result["runtime"] == "numpy" and result["max_abs_diff"] < 1e-6
+    np.testing.assert_allclose(NumpyTower.load(tmp_path / "tower")(inputs), reference, atol=1e-6)
+
+
+def test_a_disagreeing_tower_is_not_used(tmp_path):
+    import merlin.models.tf as mm
+    from merlin.io import Dataset
+
+    model = T.build_model(_schema(), make_config(), None)
+    model.query_encoder(next(iter(mm.Loader(Dataset(_users(), schema=_schema(), cpu=True), batch_size=64)))[0])
+    inputs = {c: _users()[c].to_numpy() for c in ("user_id", "age", "zone")}
+    wrong = np.zeros((37, 64), dtype=np.float32) + 5
+    result = compile_tower(model.query_encoder, inputs, wrong, tmp_path / "tower")
+    assert result["runtime"] == "tensorflow" and "max abs difference" in result["reason"]
+    assert not (tmp_path / "tower").exists()
+
+
+def test_list_inputs_are_left_to_tensorflow():
+    model = T.build_model(_schema(list_feature=True), make_config(), None)
+    import merlin.models.tf as mm
+    from merlin.io import Dataset
+
+    users = _users().assign(tags=[[1, 2]] * 37)
+    features, _ = next(iter(mm.Loader(Dataset(users, schema=_schema(True), cpu=True), batch_size=64, shuffle=False)))
+    model.query_encoder(features)  # build the layers
+    with pytest.raises(UnsupportedTower, match="list feature tags"):
+        extract(model.query_encoder)
