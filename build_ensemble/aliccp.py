@@ -52,10 +52,14 @@ def synthetic_chunks(rows: int, seed: int, chunk_rows: int = CHUNK_ROWS) -> Iter
 
 
 def synthetic_catalog(num_items: int, seed: int) -> pd.DataFrame:
-    """A catalog of ``num_items`` items (ids 1..n) with random Ali-CCP item features."""
+    """A catalog of ``num_items`` items (ids 1..n) with random Ali-CCP item features.
+
+    Feature cardinalities are small enough for every value to be seen in training, so items
+    that were never clicked still get distinct embeddings from their feature combination.
+    """
     rng = np.random.default_rng(seed + 1)
     ids = np.arange(1, num_items + 1, dtype=np.int64)
-    sizes = {"item_category": 200, "item_shop": 5000, "item_brand": 2000}
+    sizes = {"item_category": 100, "item_shop": 1000, "item_brand": 500}
     return pd.DataFrame({C.ITEM_ID: ids, **{f: rng.integers(1, n + 1, num_items) for f, n in sizes.items()}})
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +80,12 @@ def ivf_lists(num_items: int) -> int:
 class ItemIndex:
     """A faiss index over item embeddings, searched by inner product.
 
-    HNSW graphs are poor at inner-product search, so for ``hnsw`` the items are stored with
-    one extra coordinate ``sqrt(max_norm^2 - |x|^2)``: the L2-nearest item of ``[q, 0]`` is
-    then the one with the largest ``q . x``, and the score is recovered exactly from the
-    distance.
+    IVF partitions and HNSW graphs built on inner products serve maximum-inner-product search
+    poorly (measured: IVF recall@10 of 0.10 at nprobe 128 on item-vector queries over 1M
+    items). So ``ivf`` and ``hnsw`` store the items with one extra coordinate
+    ``sqrt(max_norm^2 - |x|^2)`` and search by L2: the nearest item of ``[q, 0]`` is the one
+    with the largest ``q . x`` (0.99 at nprobe 128 on the same data), and the score is
+    recovered exactly from the distance.
 
     Args:
         index: the faiss index (ids are raw item ids).
@@ -113,6 +116,14 @@ class ItemIndex:
         return scores.astype(np.float32), ids
 
 
+def _augment(embeddings: np.ndarray) -> tuple[np.ndarray, float]:
+    """Items as ``[x, sqrt(max_norm^2 - |x|^2)]``: L2 nearest to ``[q, 0]`` = largest ``q . x``."""
+    norms = (embeddings * embeddings).sum(axis=1)
+    max_norm = float(np.sqrt(norms.max()))
+    extra = np.sqrt(np.maximum(max_norm**2 - norms, 0))[:, None].astype(np.float32)
+    return np.ascontiguousarray(np.hstack([embeddings, extra])), max_norm
+
+
 def _make_index(kind: str, embeddings: np.ndarray, ids: np.ndarray, seed: int):
     import faiss
 
@@ -121,19 +132,16 @@ def _make_index(kind: str, embeddings: np.ndarray, ids: np.ndarray, seed: int):
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         params = {}
     elif kind == "ivf":
+        embeddings, max_norm = _augment(embeddings)
         nlist = ivf_lists(n)
-        quantizer = faiss.IndexFlatIP(dim)
-        ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim + 1), dim + 1, nlist, faiss.METRIC_L2)
         ivf.cp.seed = seed
         sample = np.random.default_rng(seed).permutation(n)[: nlist * IVF_TRAIN_POINTS_PER_LIST]
         ivf.train(embeddings[np.sort(sample)])
         index = faiss.IndexIDMap2(ivf)
-        params = {"nlist": nlist, "nprobe": 1}
+        params = {"nlist": nlist, "nprobe": 1, "max_norm": max_norm}
     elif kind == "hnsw":
-        norms = (embeddings * embeddings).sum(axis=1)
-        max_norm = float(np.sqrt(norms.max()))
-        extra = np.sqrt(np.maximum(max_norm**2 - norms, 0))[:, None].astype(np.float32)
-        embeddings = np.ascontiguousarray(np.hstack([embeddings, extra]))
+        embeddings, max_norm = _augment(embeddings)
         hnsw = faiss.IndexHNSWFlat(dim + 1, HNSW_M)
         hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         index = faiss.IndexIDMap2(hnsw)
@@ -155,16 +163,45 @@ def set_search_params(index, params: dict) -> None:
         inner.hnsw.efSearch = int(params["efSearch"])
 
 
-def exact_top_k(embeddings: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Exact inner-product top-k ids, ``[len(queries), k]`` int64."""
+@dataclass
+class ExactTruth:
+    """Exact top-k of a query set, for measuring an index against it.
+
+    Attributes:
+        queries: ``[q, dim]`` float32.
+        kth_scores: ``[q]`` the k-th best exact inner product of each query.
+    """
+
+    queries: np.ndarray
+    kth_scores: np.ndarray
+
+
+def exact_truth(embeddings: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> ExactTruth:
+    """Exact search of ``queries`` (inner product) over all items."""
     index, _ = _make_index("flat", embeddings, ids, 0)
-    return index.search(queries, k)[1]
+    scores, _ = index.search(queries, k)
+    return ExactTruth(queries, scores[:, k - 1])
 
 
-def recall_against(index: ItemIndex, queries: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """Mean |index top-k ∩ exact top-k| / k over the queries."""
-    found = index.search(queries, k)[1]
-    return float(np.mean([len(np.intersect1d(f, t)) / k for f, t in zip(found, truth)]))
+def recall_against(index: ItemIndex, truth: ExactTruth, embeddings: np.ndarray, rows: "pd.Index", k: int) -> float:
+    """Mean share of the index's top-k whose exact score reaches the exact k-th best score.
+
+    Counting by score rather than by id keeps the measure right when items tie (identical
+    embeddings), where exact search's choice among them is arbitrary.
+
+    Args:
+        index: the index under test.
+        truth: exact results of the queries.
+        embeddings: ``[num_items, dim]`` float32 item embeddings.
+        rows: index of raw item id -> embedding row.
+        k: cut-off.
+    """
+    _, found = index.search(truth.queries, k)
+    position = rows.get_indexer(found.reshape(-1)).reshape(found.shape)
+    scores = np.einsum("qd,qkd->qk", truth.queries, embeddings[np.maximum(position, 0)])
+    tolerance = 1e-5 * np.maximum(1.0, np.abs(truth.kth_scores))[:, None]
+    hits = (scores >= truth.kth_scores[:, None] - tolerance) & (position >= 0)
+    return float(hits.sum(axis=1).mean() / k)
 
 
 def build_index(
@@ -200,10 +237,11 @@ def build_index(
     info = IndexInfo(kind, len(ids), embeddings.shape[1], params, 1.0, k, len(queries), gpu_count() > 0)
     index = ItemIndex(raw, info)
     item_queries = embeddings[np.random.default_rng(seed).permutation(len(ids))[: len(queries)]]
-    probes = [(queries, exact_top_k(embeddings, ids, queries, k)), (item_queries, exact_top_k(embeddings, ids, item_queries, k))]
+    truths = [exact_truth(embeddings, ids, q, k) for q in (queries, item_queries)]
+    rows = pd.Index(ids)
 
     def measure() -> list:
-        return [recall_against(index, q, truth, k) for q, truth in probes]
+        return [recall_against(index, truth, embeddings, rows, k) for truth in truths]
 
     knob = {"ivf": "nprobe", "hnsw": "efSearch"}.get(kind)
     recalls = measure()

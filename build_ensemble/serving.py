@@ -7,6 +7,7 @@ fail the others), run through the graph as one batch, and split back.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import traceback
@@ -81,6 +82,10 @@ class TritonPythonModel:
         except RecsysError as exc:
             raise pb_utils.TritonModelException(f"{config['name']}: {exc}") from None
         self.outputs = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
+        # Everything loaded so far lives as long as the model: keep the collector from
+        # rescanning it (full collections over TensorFlow's and Feast's heaps cause latency spikes).
+        gc.collect()
+        gc.freeze()
 
     def execute(self, requests: list) -> list:
         pb = self.pb

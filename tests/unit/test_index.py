@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from build_ensemble import index as ix
@@ -50,15 +51,26 @@ def test_ann_is_tuned_to_the_target_recall(kind, tmp_path):
     scores, found = index.search(queries, 10)
     exact = np.take_along_axis(queries @ items.T, found, axis=1)
     np.testing.assert_allclose(scores, exact, rtol=1e-3, atol=1e-3)  # scores are inner products
-    measured = ix.recall_against(index, queries, ix.exact_top_k(items, np.arange(20_000), queries, 10), 10)
-    assert measured == pytest.approx(info.recall_at_k, abs=1e-4)
+    truth = ix.exact_truth(items, np.arange(20_000), queries, 10)
+    rows = pd.Index(np.arange(20_000))
+    assert ix.recall_against(index, truth, items, rows, 10) == pytest.approx(info.recall_at_k, abs=1e-4)
     ix.save_index(index, tmp_path)
     loaded = ix.load_index(tmp_path)  # search parameters come back with it
-    assert ix.recall_against(loaded, queries, ix.exact_top_k(items, np.arange(20_000), queries, 10), 10) == pytest.approx(
-        info.recall_at_k, abs=1e-4
-    )
+    assert ix.recall_against(loaded, truth, items, rows, 10) == pytest.approx(info.recall_at_k, abs=1e-4)
 
 
 def test_unknown_kind():
     with pytest.raises(ValueError, match="flat, ivf or hnsw"):
         ix.build_index(clustered(10), np.arange(10), clustered(2), "annoy")
+
+
+def test_recall_counts_ties_as_hits():
+    """Ten identical items: any ten of them are an exact answer."""
+    items = np.vstack([np.ones((10, 4)), np.ones((30, 4)) * 0.1]).astype(np.float32)
+    items = np.vstack([items, items[:10]])  # the best vector appears 20 times
+    ids = np.arange(len(items))
+    query = np.ones((1, 4), dtype=np.float32)
+    index = ix.build_index(items, ids, query, "flat", k=10)
+    truth = ix.exact_truth(items, ids, query, 10)
+    assert ix.recall_against(index, truth, items, pd.Index(ids), 10) == 1.0
+    assert index.info.recall_at_k == 1.0 and index.info.recall_at_k_item_queries == 1.0
