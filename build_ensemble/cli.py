@@ -147,14 +147,14 @@ def _server_spec(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from build_ensemble.server import TritonServer, write_state
+    from build_ensemble.server import TritonServer, check_repository, write_state
 
     spec = _server_spec(args)
     server = TritonServer(spec)
     print(f"starting tritonserver (log: {spec.log_path}) ...", file=sys.stderr, flush=True)
     server.start(timeout=args.timeout)
     print(f"ready: HTTP {spec.http_url}  gRPC {spec.grpc_url}  metrics {spec.host}:{spec.metrics_port}/metrics")
-    print(f"model: {C.MODEL_NAME}  (log: {spec.log_path})")
+    print(f"models: {', '.join(check_repository(Path(spec.repository)))}  (log: {spec.log_path})")
     if args.background:
         state = write_state(server)
         print(f"running in the background, pid {server.pid} ({state}); stop it with `build-ensemble stop`")
@@ -213,7 +213,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
                   f"{'requests' if args.requests else 's'}", file=sys.stderr, flush=True)
             results.append(loadtest.run_level(
                 urls[protocol], protocol, ids, duration=args.duration, requests=args.requests,
-                users_per_request=args.users_per_request, server_pid=pid, **{kind: value},
+                users_per_request=args.users_per_request, server_pid=pid, model=args.model, **{kind: value},
             ))
     print(loadtest.format_table(results))
     paths = loadtest.write_results(results, args.results)
@@ -316,6 +316,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", nargs="+", choices=("grpc", "http"), default=["grpc"], help="protocols (default: grpc)")
     p.add_argument("--grpc-url", default="127.0.0.1:8001", help="gRPC host:port, loopback only (default: 127.0.0.1:8001)")
     p.add_argument("--http-url", default="127.0.0.1:8000", help="HTTP host:port, loopback only (default: 127.0.0.1:8000)")
+    p.add_argument("--model", default=C.MODEL_NAME, help=f"Triton model to call (default: {C.MODEL_NAME})")
     p.add_argument("--concurrency", nargs="+", type=int, help="closed-loop levels: concurrent requests (default: 1 2 4 8)")
     p.add_argument("--rate", nargs="+", type=float, help="open-loop levels: requests per second")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per level (default: 10)")

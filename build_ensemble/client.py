@@ -41,14 +41,15 @@ def _module(protocol: str):
     return module
 
 
-def build_inputs(module, user_ids) -> list:
-    """The request's inputs: ``user_id`` as ``[n, 1]`` INT64.
+def build_inputs(module, user_ids, rank: int = 2) -> list:
+    """The request's inputs: ``user_id`` as ``[n, 1]`` INT64 (``[n]`` for a rank-1 model input).
 
     Args:
         module: ``tritonclient.grpc`` or ``tritonclient.http``.
         user_ids: ``[n]`` raw user ids.
+        rank: rank of the model's ``user_id`` input (this project's models: 2).
     """
-    ids = np.asarray(user_ids, dtype=np.int64).reshape(-1, 1)
+    ids = np.asarray(user_ids, dtype=np.int64).reshape((-1, 1) if rank == 2 else (-1,))
     tensor = module.InferInput(C.INPUT_USER_ID, list(ids.shape), "INT64")
     tensor.set_data_from_numpy(ids)
     return [tensor]
@@ -109,22 +110,26 @@ class RetrievalClient:
         Raises:
             tritonclient.utils.InferenceServerException: with the server's message.
         """
-        inputs = build_inputs(self.module, user_ids)
+        meta = self._metadata()
+        inputs = build_inputs(self.module, user_ids, meta["rank"])
         kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
         response = self.client.infer(self.model, inputs, **kwargs)
-        names = [o["name"] for o in self._outputs()]
-        return {name: response.as_numpy(name) for name in names}
+        return {name: response.as_numpy(name) for name in meta["outputs"]}
 
     def recommend(self, user_ids) -> list:
         """One :class:`Recommendation` per user, in request order."""
         return parse_outputs(user_ids, self.infer(user_ids))
 
-    def _outputs(self) -> list:
-        if not hasattr(self, "_output_meta"):
+    def _metadata(self) -> dict:
+        """Output names and the ``user_id`` input's rank, asked once from the server."""
+        if not hasattr(self, "_meta"):
             meta = self.client.get_model_metadata(self.model)
-            outputs = meta["outputs"] if isinstance(meta, dict) else [{"name": o.name} for o in meta.outputs]
-            self._output_meta = outputs
-        return self._output_meta
+            if not isinstance(meta, dict):  # gRPC answers with a protobuf message
+                meta = {"inputs": [{"name": i.name, "shape": list(i.shape)} for i in meta.inputs],
+                        "outputs": [{"name": o.name} for o in meta.outputs]}
+            user = next(i for i in meta["inputs"] if i["name"] == C.INPUT_USER_ID)
+            self._meta = {"rank": len(user["shape"]), "outputs": [o["name"] for o in meta["outputs"]]}
+        return self._meta
 
     def is_ready(self) -> bool:
         return bool(self.client.is_server_ready())

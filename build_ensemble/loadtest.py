@@ -166,6 +166,7 @@ def run_level(
     requests: int | None = None,
     users_per_request: int = 1,
     server_pid: int | None = None,
+    model: str = C.MODEL_NAME,
 ) -> LevelResult:
     """Drive one load level and measure it.
 
@@ -179,6 +180,7 @@ def run_level(
         requests: stop after this many requests.
         users_per_request: user ids per request.
         server_pid: tritonserver's pid, to report its memory.
+        model: Triton model to call.
     """
     require_loopback(url)
     if (concurrency is None) == (rate is None):
@@ -201,7 +203,7 @@ def run_level(
         return number
 
     def work(worker: int) -> None:
-        with RetrievalClient(url, protocol) as client:
+        with RetrievalClient(url, protocol, model) as client:
             while (number := next_ticket()) is not None:
                 scheduled = start + number / rate if rate else time.perf_counter()
                 if rate:
@@ -216,7 +218,7 @@ def run_level(
                     with lock:
                         errors[_error_kind(exc)] += 1
 
-    with RetrievalClient(url, protocol) as control:
+    with RetrievalClient(url, protocol, model) as control:
         before = model_statistics(control)
         threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in range(workers)]
         for thread in threads:
