@@ -227,7 +227,10 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         for protocol in args.protocol:
             for concurrency in args.concurrency or [1]:
                 report = folder / f"perf_analyzer_{protocol}_c{concurrency}.csv"
-                rows.append({"protocol": protocol, **perf_analyzer.run(urls[protocol], protocol, data, concurrency, report)})
+                rows.append({"protocol": protocol, **perf_analyzer.run(
+                    urls[protocol], protocol, data, concurrency, report, args.perf_measurement_ms,
+                    args.perf_stability, args.model,
+                )})
                 print(f"perf_analyzer {protocol} c={concurrency}: {rows[-1]['rps']:.1f} infer/s, "
                       f"p50 {rows[-1]['p50_ms']:.2f} ms, p99 {rows[-1]['p99_ms']:.2f} ms")
         (folder / "perf_analyzer.json").write_text(json.dumps({"levels": rows}, indent=2) + "\n")
@@ -327,6 +330,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="benchmarks/loadtest", help="folder for CSV, JSON and PNG (default: benchmarks/loadtest)")
     p.add_argument("--state-dir", default=".serve", help="state folder of `serve --background` (for the server's RSS)")
     p.add_argument("--perf-analyzer", action="store_true", help="also run NVIDIA perf_analyzer on the same user ids")
+    p.add_argument("--perf-measurement-ms", type=int, default=4000, help="perf_analyzer window (default: 4000)")
+    p.add_argument("--perf-stability", type=int, default=50, help="perf_analyzer stability percentage (default: 50)")
     p.set_defaults(func=cmd_loadtest)
 
     p = sub.add_parser("demo", help="build on the default data set, serve, query a few users over gRPC and HTTP, stop")

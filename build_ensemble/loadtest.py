@@ -197,7 +197,11 @@ def run_level(
     def next_ticket():
         with lock:
             number = counter["sent"]
-            if (requests is not None and number >= requests) or (requests is None and time.perf_counter() >= deadline):
+            if requests is not None:
+                done = number >= requests
+            else:  # open loop: stop at the last request scheduled within the duration
+                done = number / rate >= duration if rate else time.perf_counter() >= deadline
+            if done:
                 return None
             counter["sent"] += 1
         return number

@@ -74,26 +74,32 @@ def write_input_data(path: Path, user_ids: np.ndarray) -> Path:
     return path
 
 
-def command(url: str, protocol: str, input_data: Path, concurrency: int, report: Path, measurement_ms: int = 4000) -> list:
-    """perf_analyzer command line for one concurrency level of the retrieval model."""
+def command(
+    url: str, protocol: str, input_data: Path, concurrency: int, report: Path, measurement_ms: int = 4000,
+    stability: int = 50, model: str = C.MODEL_NAME,
+) -> list:
+    """perf_analyzer command line for one concurrency level (README shows the same)."""
     return [
         str(binary()),
-        "-m", C.MODEL_NAME,
+        "-m", model,
         "-u", url,
         "-i", protocol,
         "-b", "1",
         "--input-data", str(input_data),
         "--concurrency-range", f"{concurrency}:{concurrency}",
         "--measurement-interval", str(measurement_ms),
-        "--stability-percentage", "50",
+        "--stability-percentage", str(stability),
         "--max-trials", "20",
         "--percentile", "99",
         "-f", str(report),
     ]
 
 
-def run(url: str, protocol: str, input_data: Path, concurrency: int, report: Path, timeout: float = 300) -> dict:
+def run(url: str, protocol: str, input_data: Path, concurrency: int, report: Path, measurement_ms: int = 4000,
+        stability: int = 50, model: str = C.MODEL_NAME, timeout: float = 300) -> dict:
     """Run one level; returns throughput and latency percentiles (ms) from perf_analyzer's CSV.
+
+    On 2 shared cores, windows of 4 s with a 50% stability band are needed for a result.
 
     Raises:
         ServerError: if perf_analyzer is not installed or fails (with its last output).
@@ -104,8 +110,8 @@ def run(url: str, protocol: str, input_data: Path, concurrency: int, report: Pat
     if not binary().exists():
         raise ServerError("perf_analyzer is not installed: run `make setup`")
     env = {**os.environ, "LD_LIBRARY_PATH": library_path()}
-    result = subprocess.run(command(url, protocol, input_data, concurrency, report), capture_output=True,
-                            text=True, env=env, timeout=timeout)
+    cmd = command(url, protocol, input_data, concurrency, report, measurement_ms, stability, model)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if result.returncode != 0 or not report.exists():
         raise ServerError(f"perf_analyzer failed: {(result.stdout + result.stderr).strip()[-400:]}")
     row = next(csv.DictReader(report.open()))

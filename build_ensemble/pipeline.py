@@ -131,27 +131,47 @@ def prepare_data(config: BuildConfig, root: Path, reporter: Reporter) -> Prepare
 def score_build(out: Path, ks: list, exclude_seen: bool, seed: int = 0) -> dict:
     """Test metrics of a build, from its exported embeddings and splits.
 
-    The Two-Tower model scores by the dot product of ``user_embeddings.parquet`` and
-    ``item_embeddings.parquet``; most-popular and random are scored by the same code. With
-    ``exclude_seen``, training and validation items are masked.
-
     Raises:
         ArtifactNotFoundError: if the build folder lacks embeddings or splits.
     """
     for name in (C.USER_EMBEDDINGS_FILE, C.ITEM_EMBEDDINGS_FILE, C.TEST_FILE):
         if not (out / name).exists():
             raise ArtifactNotFoundError(f"{out / name} is missing: is {out} a finished build?")
-    data = PreparedData.load(out)
     user_ids, users = read_embeddings(out / C.USER_EMBEDDINGS_FILE, C.USER_ID)
     item_ids, items = read_embeddings(out / C.ITEM_EMBEDDINGS_FILE, C.ITEM_ID)
-    catalog = ev.Catalog(user_ids, item_ids)
+    return test_metrics(PreparedData.load(out), ev.Catalog(user_ids, item_ids), users, items, ks, exclude_seen, seed)
+
+
+def test_metrics(
+    data: PreparedData,
+    catalog: ev.Catalog,
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    ks: list,
+    exclude_seen: bool,
+    seed: int = 0,
+) -> dict:
+    """Test Recall@k / NDCG@k of the Two-Tower embeddings and of the most-popular and random baselines.
+
+    The model scores by dot product; the baselines are scored by the same code. With
+    ``exclude_seen``, training and validation items are masked.
+
+    Args:
+        data: prepared splits.
+        catalog: user and item row order of the vectors.
+        user_vectors: ``[num_users, dim]`` float32.
+        item_vectors: ``[num_items, dim]`` float32.
+        ks: cut-offs.
+        exclude_seen: mask seen items.
+        seed: seed of the random baseline.
+    """
     columns = [C.USER_ID, C.ITEM_ID, C.CLICK]
     train, valid, test = (catalog.matrix(data.read_split(s, columns)) for s in ("train", "valid", "test"))
     exclude = (train + valid) if exclude_seen else None
     scorers = {
-        "two_tower": ev.dot_scorer(users, items),
+        "two_tower": ev.dot_scorer(user_vectors, item_vectors),
         "most_popular": ev.popularity_scorer(train),
-        "random": ev.random_scorer(len(item_ids), seed),
+        "random": ev.random_scorer(len(catalog.item_ids), seed),
     }
     metrics = {"split": "test", "ks": list(ks), "exclude_seen": bool(exclude_seen)}
     for name, scorer in scorers.items():
@@ -161,8 +181,15 @@ def score_build(out: Path, ks: list, exclude_seen: bool, seed: int = 0) -> dict:
     return metrics
 
 
-def _train(config: BuildConfig, data: PreparedData, transformed, users: pd.DataFrame, items: pd.DataFrame, reporter):
-    """Train with per-epoch full-catalog validation; return the result and final embeddings."""
+def train_and_embed(
+    config: BuildConfig, data: PreparedData, transformed, users: pd.DataFrame, items: pd.DataFrame, reporter: Reporter
+):
+    """Train with per-epoch full-catalog validation.
+
+    Returns:
+        ``(TrainResult, [num_users, dim] user vectors, [num_items, dim] item vectors, encoded users)``,
+        rows in the order of ``users`` and ``items``.
+    """
     from build_ensemble.train import embed, train_model
     from build_ensemble.workflow import ITEM_SUBGRAPH, USER_SUBGRAPH, encode, load_workflow
 
@@ -215,7 +242,7 @@ def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
         users = pd.read_parquet(data.users)
         items = pd.read_parquet(data.items)
         with timer.stage("train"):
-            result, user_vectors, item_vectors, encoded_users = _train(config, data, transformed, users, items, reporter)
+            result, user_vectors, item_vectors, encoded_users = train_and_embed(config, data, transformed, users, items, reporter)
             query_dir, _ = save_towers(result.model, staged_out)
             inputs = {c: encoded_users[c].to_numpy() for c in encoded_users.columns}
             tower = compile_tower(result.model.query_encoder, inputs, user_vectors, staged_out / C.COMPILED_TOWER_DIR)

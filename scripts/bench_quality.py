@@ -1,0 +1,153 @@
+"""Retrieval quality on MovieLens-100K: Two-Tower, matrix factorization and most-popular, 5 seeds.
+
+Protocol: every rating is an interaction; per-user split 80/10/10 (random, seeded) and
+temporal; scores over all items; training and validation items masked at test; users without
+test items skipped; Recall@10 and NDCG@10 as mean and standard deviation over the seeds.
+Training uses the defaults of `build-ensemble build --dataset movielens-100k`.
+
+    .venv/bin/python scripts/bench_quality.py                 # 5 seeds, both splits
+    .venv/bin/python scripts/bench_quality.py --seeds 0 --splits random
+
+Prints a table and writes benchmarks/quality.json and benchmarks/quality_epochs.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pandas as pd  # noqa: E402
+
+from build_ensemble import constants as C  # noqa: E402
+from build_ensemble import evaluate as ev  # noqa: E402
+from build_ensemble.config import make_config  # noqa: E402
+from build_ensemble.movielens import prepare_movielens  # noqa: E402
+from build_ensemble.pipeline import Reporter, test_metrics, train_and_embed  # noqa: E402
+from build_ensemble.workflow import fit_workflow  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {"two_tower": {}, "mf": {"model": "mf"}}
+REFERENCE = {"model": "BPR (RecBole docs, 64-d, random split)", "recall@10": 0.2523, "ndcg@10": 0.2920}
+
+
+def run_seed(split: str, seed: int, models: list, workdir: Path) -> tuple[list, dict]:
+    """All models on one split and seed; returns result rows and each model's history."""
+    config = make_config(overrides={"dataset": "movielens-100k", "split": split, "seed": seed})
+    folder = workdir / f"{split}-{seed}"
+    folder.mkdir()
+    data = prepare_movielens(config, folder)
+    transformed = fit_workflow(data, folder, folder / ".work", seed)
+    users, items = pd.read_parquet(data.users), pd.read_parquet(data.items)
+    catalog = ev.Catalog(users[C.USER_ID].to_numpy(), items[C.ITEM_ID].to_numpy())
+    rows, histories = [], {}
+    for name in models:
+        model_config = make_config(overrides={"dataset": "movielens-100k", "split": split, "seed": seed, **MODELS[name]})
+        start = time.perf_counter()
+        result, user_vectors, item_vectors, _ = train_and_embed(model_config, data, transformed, users, items, Reporter())
+        seconds = time.perf_counter() - start
+        metrics = test_metrics(data, catalog, user_vectors, item_vectors, [10], exclude_seen=True, seed=seed)
+        row = {"model": name, "split": split, "seed": seed, **metrics["two_tower"],
+               "train_seconds": round(seconds, 1), "best_epoch": result.best_epoch}
+        rows.append(row)
+        histories[name] = result.history
+        print(f"    {split} seed {seed} {name}: recall@10 {row['recall@10']:.4f} ndcg@10 {row['ndcg@10']:.4f} "
+              f"({seconds:.0f} s)", file=sys.stderr, flush=True)
+    rows.append({"model": "most_popular", "split": split, "seed": seed, **metrics["most_popular"],
+                 "train_seconds": 0.0, "best_epoch": None})
+    return rows, histories
+
+
+def summarise(rows: list) -> list:
+    """Mean and standard deviation over seeds, per model and split."""
+    table = []
+    for (model, split), group in pd.DataFrame(rows).groupby(["model", "split"], sort=False):
+        row = {"model": model, "split": split, "seeds": len(group)}
+        for metric in ("recall@10", "ndcg@10"):
+            values = group[metric].tolist()
+            row[f"{metric}_mean"] = round(statistics.mean(values), 4)
+            row[f"{metric}_std"] = round(statistics.stdev(values), 4) if len(values) > 1 else 0.0
+        row["train_seconds_mean"] = round(float(group["train_seconds"].mean()), 1)
+        table.append(row)
+    return table
+
+
+def plot(histories: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(6, 4))
+    for name, history in histories.items():
+        axis.plot([h["epoch"] for h in history], [h["valid_recall@10"] for h in history], marker="o", label=name)
+    axis.set(xlabel="epoch", ylabel="validation recall@10", title="MovieLens-100K, random split, seed 0")
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--splits", nargs="+", default=["random", "temporal"], choices=["random", "temporal"])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--repeat-seed", type=int, default=0, help="rerun this seed (random split) to check reproducibility; -1: skip")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "quality.json"))
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    rows, first_histories = [], None
+    with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
+        for split in args.splits:
+            for seed in args.seeds:
+                seed_rows, histories = run_seed(split, seed, args.models, Path(tmp))
+                rows += seed_rows
+                first_histories = first_histories or histories
+        repeat = None
+        if args.repeat_seed >= 0:
+            repeat_dir = Path(tmp) / "repeat"
+            repeat_dir.mkdir()
+            again, _ = run_seed("random", args.repeat_seed, args.models[:1], repeat_dir)
+            first = next(r for r in rows if r["split"] == "random" and r["seed"] == args.repeat_seed and r["model"] == args.models[0])
+            repeat = {"model": args.models[0], "seed": args.repeat_seed,
+                      "recall@10": [first["recall@10"], again[0]["recall@10"]], "ndcg@10": [first["ndcg@10"], again[0]["ndcg@10"]],
+                      "max_abs_difference": round(max(abs(first[m] - again[0][m]) for m in ("recall@10", "ndcg@10")), 5)}
+
+    table = summarise(rows)
+    print(f"\n{'model':<14}{'split':<10}{'recall@10':>18}{'ndcg@10':>18}{'train s':>9}")
+    for row in table:
+        print(f"{row['model']:<14}{row['split']:<10}{row['recall@10_mean']:>10.4f} ± {row['recall@10_std']:.4f}"
+              f"{row['ndcg@10_mean']:>10.4f} ± {row['ndcg@10_std']:.4f}{row['train_seconds_mean']:>9.1f}")
+    print(f"{'BPR (RecBole, published)':<24}{REFERENCE['recall@10']:>8.4f}{'':>9}{REFERENCE['ndcg@10']:>9.4f}")
+    if repeat:
+        print(f"\nsame seed twice ({repeat['model']}, seed {repeat['seed']}): max difference {repeat['max_abs_difference']}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if first_histories:
+        plot(first_histories, out.with_name("quality_epochs.png"))
+    report = {
+        "summary": table, "runs": rows, "reproducibility": repeat, "published_reference": REFERENCE,
+        "defaults": {k: v for k, v in make_config(overrides={"dataset": "movielens-100k"}).to_dict().items()
+                     if k not in ("out", "feature_repo", "repository", "cache_dir")},
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "minutes": round((time.perf_counter() - started) / 60, 1),
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out} ({report['minutes']} min)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
