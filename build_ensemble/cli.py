@@ -143,28 +143,73 @@ def _server_spec(args: argparse.Namespace):
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
+        model_control=getattr(args, "model_control", "explicit"),
+        verify=getattr(args, "verify", True),
     )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from build_ensemble.server import TritonServer, check_repository, write_state
+    from build_ensemble.server import STATE_FILE, TritonServer, check_repository, write_state
 
+    if args.background:
+        return _serve_in_background(args)
     spec = _server_spec(args)
+    spec.watchdog = args.watchdog
     server = TritonServer(spec)
     print(f"starting tritonserver (log: {spec.log_path}) ...", file=sys.stderr, flush=True)
     server.start(timeout=args.timeout)
+    write_state(server)
     print(f"ready: HTTP {spec.http_url}  gRPC {spec.grpc_url}  metrics {spec.host}:{spec.metrics_port}/metrics")
-    print(f"models: {', '.join(check_repository(Path(spec.repository)))}  (log: {spec.log_path})")
-    if args.background:
-        state = write_state(server)
-        print(f"running in the background, pid {server.pid} ({state}); stop it with `build-ensemble stop`")
-        return 0
+    print(f"models: {', '.join(check_repository(Path(spec.repository)))}  (log: {spec.log_path})", flush=True)
     try:
-        server.process.wait()
+        server.supervise(on_start=write_state)
     except KeyboardInterrupt:
         print("stopping ...", file=sys.stderr)
     finally:
         server.stop()
+        (Path(spec.state_dir) / STATE_FILE).unlink(missing_ok=True)
+    return 0
+
+
+def _serve_in_background(args: argparse.Namespace) -> int:
+    """Run ``serve`` (same options, in the foreground) as a detached process, and return
+    once its server is ready. That process supervises the server (watchdog) until `stop`."""
+    import subprocess
+
+    from build_ensemble.server import STATE_FILE, read_state
+
+    state_dir = Path(args.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    output = state_dir / "serve.out"
+    argv = [a for a in args.argv if a != "--background"]
+    with output.open("w") as out:
+        child = subprocess.Popen([sys.executable, "-m", "build_ensemble.cli", *argv], stdout=out,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + args.timeout + 30
+    while read_state(state_dir) is None:
+        if child.poll() is not None or time.monotonic() > deadline:
+            child.kill()
+            errors = [line for line in output.read_text().splitlines() if line.startswith("error")]
+            raise RecsysError(errors[-1].removeprefix("error: ") if errors else f"serve did not start; see {output}")
+        time.sleep(0.2)
+    print(output.read_text().strip())
+    print(f"running in the background, supervised by pid {child.pid} ({state_dir / STATE_FILE}); "
+          f"stop it with `build-ensemble stop`")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from build_ensemble.server import ServerSpec, read_state, reload_models
+
+    state = read_state(args.state_dir)
+    if state is None:
+        raise RecsysError(f"no running server recorded in {args.state_dir}: start one with `build-ensemble serve`")
+    spec = ServerSpec(**{k: v for k, v in state.items() if k != "pid"})
+    spec.verify = args.verify
+    print(f"loading the newest versions of {spec.repository} into {spec.http_url} ...", file=sys.stderr, flush=True)
+    for model, versions in reload_models(spec, args.timeout).items():
+        print(f"{model}: serving version {', '.join(map(str, versions))}")
     return 0
 
 
@@ -183,14 +228,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from build_ensemble.client import RetrievalClient
 
     with RetrievalClient(args.url, args.protocol, timeout=args.timeout) as client:
-        answers = client.recommend(args.user_id)
-    served = len(answers[0].item_ids) if answers else 0
-    if args.k is not None and not 0 < args.k <= served:
-        raise RecsysError(f"--k must be between 1 and {served} (the number of items the model returns), got {args.k}")
-    k = args.k or served
+        answers = client.recommend(args.user_id, args.k)
     out = [
-        {"user_id": a.user_id, "items": a.item_ids[:k], "scores": [round(s, 6) for s in a.scores[:k]],
-         "fallback": a.fallback, **({"item_features": {n: v[:k] for n, v in a.item_features.items()}} if a.item_features else {})}
+        {"user_id": a.user_id, "items": a.item_ids, "scores": [round(s, 6) for s in a.scores],
+         "fallback": a.fallback, "partial_features": a.partial_features,
+         **({"item_features": a.item_features} if a.item_features else {})}
         for a in answers
     ]
     print("[\n" + ",\n".join("  " + json.dumps(o) for o in out) + "\n]")
@@ -281,6 +323,11 @@ def _add_server_options(parser: argparse.ArgumentParser, with_repos: bool = True
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the server to be ready")
 
 
+def _add_verify_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                        help="check each model version against the checksums its build recorded (default: on)")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="build-ensemble", description=__doc__)
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks on errors")
@@ -299,8 +346,20 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="start tritonserver on the model repository and wait until ready")
     _add_server_options(p)
+    p.add_argument("--model-control", choices=("explicit", "poll", "none"), default="explicit",
+                   help="Triton's model control: explicit (all models loaded at start, new versions by "
+                        "`build-ensemble reload`), poll (Triton loads new versions by itself, unverified), none")
+    _add_verify_option(p)
+    p.add_argument("--watchdog", action=argparse.BooleanOptionalAction, default=True,
+                   help="reload the model if its Python-backend process dies (default: on; needs explicit model control)")
     p.add_argument("--background", action="store_true", help="return once ready; stop with `build-ensemble stop`")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("reload", help="load the newest model versions into the running server, without downtime")
+    p.add_argument("--state-dir", default=".serve", help="state folder given to serve (default: .serve)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the load")
+    _add_verify_option(p)
+    p.set_defaults(func=cmd_reload)
 
     p = sub.add_parser("stop", help="stop a server started with `serve --background`")
     p.add_argument("--state-dir", default=".serve", help="state folder given to serve (default: .serve)")
@@ -308,7 +367,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("recommend", help="ask the served model for the top-k items of users; prints JSON")
     p.add_argument("--user-id", type=int, action="append", required=True, help="raw user id (repeat for several)")
-    p.add_argument("--k", type=int, default=None, help="items per user (at most what the model returns)")
+    p.add_argument("--k", type=int, default=None, help="items per user (default: the build's --top-k; at most the catalog size and 1000)")
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="protocol (default: grpc)")
     p.add_argument("--url", default=None, help="host:port (default: 127.0.0.1:8001 for gRPC, :8000 for HTTP)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
@@ -343,6 +402,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list | None = None) -> int:
     args = make_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if getattr(args, "func", None) is cmd_loadtest and not args.concurrency and not args.rate:
         args.concurrency = [1, 2, 4, 8]
     if not args.verbose:
@@ -363,6 +423,9 @@ def main(argv: list | None = None) -> int:
     except Exception as exc:  # noqa: BLE001  one line unless --verbose
         if args.verbose:
             raise
+        if type(exc).__name__ == "InferenceServerException":  # tritonclient's: the server's own message
+            print(f"error: the server answered: {exc.message()}", file=sys.stderr)
+            return 2
         print(f"error: {type(exc).__name__}: {exc} (run with --verbose for the traceback)", file=sys.stderr)
         return 1
 

@@ -21,6 +21,7 @@ class Recommendation:
         item_ids: raw item ids, best first.
         scores: their scores (inner products; popularity shares for a fallback).
         fallback: True when the user was unknown and got the popular items.
+        partial_features: True when some of a known user's features were missing (defaults used).
         item_features: ``{feature: [k] values}`` when the model returns them.
     """
 
@@ -28,6 +29,7 @@ class Recommendation:
     item_ids: list
     scores: list
     fallback: bool
+    partial_features: bool = False
     item_features: dict = field(default_factory=dict)
 
 
@@ -41,18 +43,26 @@ def _module(protocol: str):
     return module
 
 
-def build_inputs(module, user_ids, rank: int = 2) -> list:
-    """The request's inputs: ``user_id`` as ``[n, 1]`` INT64 (``[n]`` for a rank-1 model input).
+def build_inputs(module, user_ids, rank: int = 2, k: int | None = None) -> list:
+    """The request's inputs: ``user_id`` as ``[n, 1]`` INT64 (``[n]`` for a rank-1 model input),
+    and ``k`` (``[n, 1]``, the same value for every user) when given.
 
     Args:
         module: ``tritonclient.grpc`` or ``tritonclient.http``.
         user_ids: ``[n]`` raw user ids.
         rank: rank of the model's ``user_id`` input (this project's models: 2).
+        k: items per user; None: the model's default.
     """
     ids = np.asarray(user_ids, dtype=np.int64).reshape((-1, 1) if rank == 2 else (-1,))
-    tensor = module.InferInput(C.INPUT_USER_ID, list(ids.shape), "INT64")
-    tensor.set_data_from_numpy(ids)
-    return [tensor]
+    arrays = {C.INPUT_USER_ID: ids}
+    if k is not None:
+        arrays[C.INPUT_K] = np.full(ids.shape, k, dtype=np.int64)
+    tensors = []
+    for name, array in arrays.items():
+        tensor = module.InferInput(name, list(array.shape), "INT64")
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return tensors
 
 
 def _plain(value):
@@ -77,6 +87,7 @@ def parse_outputs(user_ids, outputs: dict) -> list:
                 item_ids=outputs[C.OUTPUT_ITEM_IDS][row].astype(np.int64).tolist(),
                 scores=outputs[C.OUTPUT_SCORES][row].astype(float).tolist(),
                 fallback=bool(outputs[C.OUTPUT_FALLBACK][row].reshape(-1)[0]),
+                partial_features=C.OUTPUT_PARTIAL in outputs and bool(outputs[C.OUTPUT_PARTIAL][row].reshape(-1)[0]),
                 item_features={name: [_plain(v) for v in values[row]] for name, values in features.items()},
             )
         )
@@ -99,26 +110,29 @@ class RetrievalClient:
         self.url = url or DEFAULT_URLS[protocol]
         self.model = model
         self.timeout = timeout
+        self.last_version: str | None = None  # the model version that answered the last request
         if protocol == "grpc":
             self.client = self.module.InferenceServerClient(self.url)
         else:
             self.client = self.module.InferenceServerClient(self.url, connection_timeout=timeout, network_timeout=timeout)
 
-    def infer(self, user_ids) -> dict:
+    def infer(self, user_ids, k: int | None = None) -> dict:
         """Raw output arrays of one request, by output name.
 
         Raises:
             tritonclient.utils.InferenceServerException: with the server's message.
         """
         meta = self._metadata()
-        inputs = build_inputs(self.module, user_ids, meta["rank"])
+        inputs = build_inputs(self.module, user_ids, meta["rank"], k)
         kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
         response = self.client.infer(self.model, inputs, **kwargs)
+        answer = response.get_response()
+        self.last_version = answer.model_version if self.protocol == "grpc" else answer.get("model_version")
         return {name: response.as_numpy(name) for name in meta["outputs"]}
 
-    def recommend(self, user_ids) -> list:
-        """One :class:`Recommendation` per user, in request order."""
-        return parse_outputs(user_ids, self.infer(user_ids))
+    def recommend(self, user_ids, k: int | None = None) -> list:
+        """One :class:`Recommendation` per user, in request order (``k`` items each; None: the model's default)."""
+        return parse_outputs(user_ids, self.infer(user_ids, k))
 
     def _metadata(self) -> dict:
         """Output names and the ``user_id`` input's rank, asked once from the server."""

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from build_ensemble import constants as C
 from build_ensemble.errors import ConfigError
 
 DATASETS = ("synthetic-aliccp", "aliccp", "movielens-100k")
@@ -88,6 +89,9 @@ class BuildConfig:
         choices=TOWER_BACKENDS,
     )
     with_item_features: bool = _opt(False, "also return the item features of each candidate (from Feast)")
+    model_version: int = _opt(
+        1, "Triton model version to write; the repository's other versions are kept (0: one above the highest)"
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -107,6 +111,10 @@ class BuildConfig:
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: got {getattr(self, name)!r}, expected a positive integer")
+        if not isinstance(self.model_version, int) or self.model_version < 0:
+            raise ConfigError(f"model_version: got {self.model_version!r}, expected 0 (next) or a positive integer")
+        if self.top_k > C.MAX_K:
+            raise ConfigError(f"top_k: got {self.top_k}, expected at most {C.MAX_K}")
         if self.items is not None and (not isinstance(self.items, int) or self.items <= 0):
             raise ConfigError(f"items: got {self.items!r}, expected a positive integer")
         if self.learning_rate <= 0:

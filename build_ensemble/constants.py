@@ -16,9 +16,12 @@ CREATED_TIMESTAMP = "created"
 # Triton tensors of the retrieval model.
 MODEL_NAME = "retrieval"
 INPUT_USER_ID = "user_id"
+INPUT_K = "k"  # optional: items per user for this request (default: the build's top_k)
+MAX_K = 1000  # the most items a request may ask for per user (fewer if the catalog is smaller)
 OUTPUT_ITEM_IDS = "item_ids"
 OUTPUT_SCORES = "scores"
 OUTPUT_FALLBACK = "fallback"
+OUTPUT_PARTIAL = "partial_features"  # a known user with some features missing (defaults used)
 ITEM_FEATURE_OUTPUT_PREFIX = "item_"
 # Where the served models find the Feast repository (overrides the path relative to the
 # model repository that the build records).

@@ -22,3 +22,7 @@ class ArtifactNotFoundError(RecsysError):
 
 class ServerError(RecsysError):
     """The Triton server could not be started, reached or stopped."""
+
+
+class IntegrityError(RecsysError):
+    """A model repository's files differ from the checksums the build recorded."""

@@ -138,6 +138,28 @@ class OnlineReader:
         self.entity = entity
         self.features = list(features)
 
+    def check(self) -> None:
+        """Fail fast when the online store cannot answer (missing or corrupt SQLite file,
+        unreachable Redis), so a model does not load only to fail every request.
+
+        Raises:
+            ArtifactNotFoundError: naming the store and the problem.
+        """
+        online = self.config.online_store
+        if online.type == "sqlite":
+            path = Path(online.path)
+            path = path if path.is_absolute() else Path(self.config.repo_path) / path
+            if not path.exists():
+                raise ArtifactNotFoundError(
+                    f"online store {path} is missing: run `build-ensemble build`, or `feast materialize` in {self.config.repo_path}"
+                )
+        try:
+            self.read(np.zeros(1, dtype=np.int64))
+        except Exception as exc:  # noqa: BLE001  whatever the store raises, say which store and why
+            raise ArtifactNotFoundError(
+                f"online store ({online.type}) of {self.config.repo_path} cannot be read: {type(exc).__name__}: {exc}"
+            ) from None
+
     def read(self, ids: np.ndarray) -> tuple[dict, np.ndarray]:
         """Features of ``ids``.
 

@@ -42,6 +42,7 @@ class LevelResult:
     p99_ms: float
     max_ms: float
     errors: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)  # answers per model version
     models: dict = field(default_factory=dict)
     server_rss_mb: float | None = None
 
@@ -167,6 +168,7 @@ def run_level(
     users_per_request: int = 1,
     server_pid: int | None = None,
     model: str = C.MODEL_NAME,
+    stop: threading.Event | None = None,
 ) -> LevelResult:
     """Drive one load level and measure it.
 
@@ -181,6 +183,7 @@ def run_level(
         users_per_request: user ids per request.
         server_pid: tritonserver's pid, to report its memory.
         model: Triton model to call.
+        stop: ends the level early when set (e.g. by a test that rolls a new version under load).
     """
     require_loopback(url)
     if (concurrency is None) == (rate is None):
@@ -189,6 +192,7 @@ def run_level(
     pool = ids.sample(200_000)
     latencies: list = []
     errors: Counter = Counter()
+    versions: Counter = Counter()
     lock = threading.Lock()
     counter = {"sent": 0}
     start = time.perf_counter()
@@ -197,7 +201,9 @@ def run_level(
     def next_ticket():
         with lock:
             number = counter["sent"]
-            if requests is not None:
+            if stop is not None and stop.is_set():
+                done = True
+            elif requests is not None:
                 done = number >= requests
             else:  # open loop: stop at the last request scheduled within the duration
                 done = number / rate >= duration if rate else time.perf_counter() >= deadline
@@ -218,6 +224,7 @@ def run_level(
                     elapsed = time.perf_counter() - scheduled
                     with lock:
                         latencies.append(elapsed)
+                        versions[client.last_version] += 1
                 except Exception as exc:  # noqa: BLE001  counted by kind, the load goes on
                     with lock:
                         errors[_error_kind(exc)] += 1
@@ -249,6 +256,7 @@ def run_level(
         p99_ms=round(float(np.percentile(ms, 99)), 3),
         max_ms=round(float(np.max(ms)), 3),
         errors=dict(errors),
+        versions=dict(versions),
         models=per_model_split(before, after),
         server_rss_mb=max([r for r in rss if r is not None], default=None),
     )
@@ -266,7 +274,7 @@ def write_results(results: list, folder: str | Path, name: str = "loadtest") -> 
     rows = [asdict(r) for r in results]
     paths = {"json": folder / f"{name}.json", "csv": folder / f"{name}.csv", "png": folder / f"{name}.png"}
     paths["json"].write_text(json.dumps({"levels": rows}, indent=2) + "\n")
-    columns = [k for k in rows[0] if k not in ("errors", "models")] + ["errors"]
+    columns = [k for k in rows[0] if k not in ("errors", "versions", "models")] + ["errors"]
     with paths["csv"].open("w", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

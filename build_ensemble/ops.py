@@ -10,8 +10,9 @@ int64, each user of a batch gets its own top-k, unknown users get the popular it
 ``fallback`` flag, constructors do no I/O, no absolute path is pickled, and the tower
 reloads after unpickling. Artifacts are loaded only from an exported repository
 (``load_artifacts(path)``); merlin's ``Graph`` calls it with "" at construction, which is a
-no-op. Each operator passes the ``found`` column through so the graph
-stays a chain (merlin's executor would run a shared parent twice).
+no-op. Each operator passes the per-user request columns through (``found``, ``partial``
+and the optional ``k``) so the graph stays a chain (merlin's executor would run a shared
+parent twice).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from merlin.dag import BaseOperator, ColumnSelector  # noqa: E402  (import order
 from merlin.schema import ColumnSchema, Schema  # noqa: E402
 
 FOUND = "found"
+PARTIAL = "partial"
+CARRIED = (FOUND, PARTIAL, C.INPUT_K)
 QUERY_EMBEDDING = "query_embedding"
 TOWER_DIR = "query_tower"
 INDEX_DIR = "index"
@@ -43,6 +46,11 @@ def _table(transformable, columns: dict):
 
 def _values(transformable, name: str) -> np.ndarray:
     return transformable[name].values
+
+
+def carry(transformable) -> dict:
+    """The per-user request columns present in ``transformable``, to pass on unchanged."""
+    return {name: transformable[name].values for name in CARRIED if name in transformable.columns}
 
 
 def _repository_root(artifact_path: str) -> Path:
@@ -84,6 +92,7 @@ class _FeastOperator(BaseOperator):
                 f"feature repository {repo}: view {self.view} lacks {', '.join(sorted(missing))}; rebuild it"
             )
         self._reader = OnlineReader(store, self.view, self.entity, list(self.features))
+        self._reader.check()
 
     def _read(self, ids: np.ndarray) -> tuple[dict, np.ndarray]:
         try:
@@ -110,13 +119,17 @@ class QueryUserFeatures(_FeastOperator):
     def transform(self, col_selector: ColumnSelector, transformable):
         ids = _values(transformable, C.USER_ID).reshape(-1).astype(np.int64)
         columns, found = self._read(ids)
-        return _table(transformable, {C.USER_ID: ids, **columns, FOUND: found})
+        missing = np.zeros(len(ids), dtype=bool)
+        for values in columns.values():
+            missing |= np.array([v is None for v in values], dtype=bool)
+        passed = {k: v for k, v in carry(transformable).items() if k == C.INPUT_K}
+        return _table(transformable, {C.USER_ID: ids, **columns, FOUND: found, PARTIAL: found & missing, **passed})
 
     def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None):
         return Schema(
             [ColumnSchema(C.USER_ID, dtype=np.int64)]
             + [ColumnSchema(name, dtype=dtype) for name, dtype in self.features.items()]
-            + [ColumnSchema(FOUND, dtype=bool)]
+            + [ColumnSchema(FOUND, dtype=bool), ColumnSchema(PARTIAL, dtype=bool)]
         )
 
 
@@ -145,11 +158,12 @@ class EncodeUserFeatures(BaseOperator):
 
     def transform(self, col_selector: ColumnSelector, transformable):
         columns = {c: self._encoders[c].encode(_values(transformable, c)) for c in self.columns}
-        return _table(transformable, {**columns, FOUND: _values(transformable, FOUND)})
+        return _table(transformable, {**columns, **carry(transformable)})
 
     def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None):
         return Schema(
-            [ColumnSchema(c, dtype=np.int64) for c in self.columns] + [ColumnSchema(FOUND, dtype=bool)]
+            [ColumnSchema(c, dtype=np.int64) for c in self.columns]
+            + [ColumnSchema(FOUND, dtype=bool), ColumnSchema(PARTIAL, dtype=bool)]
         )
 
     def __getstate__(self) -> dict:
@@ -206,11 +220,15 @@ class PredictQueryTower(BaseOperator):
 
     def transform(self, col_selector: ColumnSelector, transformable):
         embedding = self._run({name: _values(transformable, name) for name in self.inputs})
-        return _table(transformable, {QUERY_EMBEDDING: embedding, FOUND: _values(transformable, FOUND)})
+        return _table(transformable, {QUERY_EMBEDDING: embedding, **carry(transformable)})
 
     def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None):
         return Schema(
-            [ColumnSchema(QUERY_EMBEDDING, dtype=np.float32, dims=(None, self.dim)), ColumnSchema(FOUND, dtype=bool)]
+            [
+                ColumnSchema(QUERY_EMBEDDING, dtype=np.float32, dims=(None, self.dim)),
+                ColumnSchema(FOUND, dtype=bool),
+                ColumnSchema(PARTIAL, dtype=bool),
+            ]
         )
 
     def __getstate__(self) -> dict:
@@ -221,12 +239,14 @@ class QueryIndex(BaseOperator):
     """Top-k items of each query embedding from the FAISS index; popular items for unknown users.
 
     Outputs ``item_ids`` ``[n, k]`` int64 (raw ids), ``scores`` ``[n, k]`` float32 (inner
-    products; for fallback rows the items' share of training clicks) and ``fallback``
-    ``[n, 1]`` bool. Slots an ANN index leaves empty are filled with popular items.
+    products; for fallback rows the items' share of training clicks), ``fallback`` and
+    ``partial_features`` ``[n, 1]`` bool. Slots an ANN index leaves empty are filled with
+    popular items. ``k`` is ``top_k`` unless the table carries a per-user ``k`` column (the
+    request's optional input), in which case the largest is searched; see :attr:`max_k`.
 
     Args:
         index_dir: folder written by the build (``items.faiss``, ``index.json``, ``popular.parquet``).
-        top_k: number of items per user.
+        top_k: default number of items per user.
     """
 
     def __init__(self, index_dir: str, top_k: int):
@@ -249,19 +269,28 @@ class QueryIndex(BaseOperator):
         self._popular_ids = popular[C.ITEM_ID].to_numpy(np.int64)
         self._popular_scores = popular["score"].to_numpy(np.float32)
 
+    @property
+    def max_k(self) -> int:
+        """The largest ``k`` a request may ask for: the popular list's length (the build
+        stores ``min(catalog, MAX_K)`` items), so that every user can get ``k`` items."""
+        return len(self._popular_ids)
+
     def transform(self, col_selector: ColumnSelector, transformable):
         queries = np.ascontiguousarray(_values(transformable, QUERY_EMBEDDING), dtype=np.float32)
         found = _values(transformable, FOUND).astype(bool).reshape(-1)
-        n, k = len(found), self.top_k
+        requested = carry(transformable).get(C.INPUT_K)
+        n, k = len(found), self.top_k if requested is None else int(np.max(requested))
         ids = np.empty((n, k), dtype=np.int64)
         scores = np.empty((n, k), dtype=np.float32)
         ids[~found], scores[~found] = self._popular_ids[:k], self._popular_scores[:k]
         if found.any():
             found_scores, found_ids = self._index.search(queries[found], k)
             ids[found], scores[found] = self._fill_empty(found_ids, found_scores)
+        partial = _values(transformable, PARTIAL).astype(bool).reshape(-1, 1)
         return _table(
             transformable,
-            {C.OUTPUT_ITEM_IDS: ids, C.OUTPUT_SCORES: scores, C.OUTPUT_FALLBACK: ~found.reshape(-1, 1)},
+            {C.OUTPUT_ITEM_IDS: ids, C.OUTPUT_SCORES: scores, C.OUTPUT_FALLBACK: ~found.reshape(-1, 1),
+             C.OUTPUT_PARTIAL: partial},
         )
 
     def _fill_empty(self, ids: np.ndarray, scores: np.ndarray):
@@ -276,14 +305,18 @@ class QueryIndex(BaseOperator):
     def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None):
         return Schema(
             [
-                ColumnSchema(C.OUTPUT_ITEM_IDS, dtype=np.int64, dims=(None, self.top_k)),
-                ColumnSchema(C.OUTPUT_SCORES, dtype=np.float32, dims=(None, self.top_k)),
+                ColumnSchema(C.OUTPUT_ITEM_IDS, dtype=np.int64, dims=(None, None)),
+                ColumnSchema(C.OUTPUT_SCORES, dtype=np.float32, dims=(None, None)),
                 ColumnSchema(C.OUTPUT_FALLBACK, dtype=bool, dims=(None, 1)),
+                ColumnSchema(C.OUTPUT_PARTIAL, dtype=bool, dims=(None, 1)),
             ]
         )
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+PASSED = (C.OUTPUT_ITEM_IDS, C.OUTPUT_SCORES, C.OUTPUT_FALLBACK, C.OUTPUT_PARTIAL)
 
 
 class QueryItemFeatures(_FeastOperator):
@@ -295,13 +328,11 @@ class QueryItemFeatures(_FeastOperator):
     Args:
         feature_repo: feature repository path relative to the model repository's folder.
         features: ``{name: numpy dtype}`` of the item features to return.
-        top_k: number of items per user.
         view: feature view name.
     """
 
-    def __init__(self, feature_repo: str, features: dict, top_k: int, view: str = C.ITEM_VIEW):
+    def __init__(self, feature_repo: str, features: dict, view: str = C.ITEM_VIEW):
         super().__init__(feature_repo, view, C.ITEM_ID, features)
-        self.top_k = int(top_k)
 
     @staticmethod
     def output_name(feature: str) -> str:
@@ -311,18 +342,17 @@ class QueryItemFeatures(_FeastOperator):
         ids = _values(transformable, C.OUTPUT_ITEM_IDS)
         unique, inverse = np.unique(ids, return_inverse=True)
         columns, _ = self._read(unique)
-        out = {name: _values(transformable, name) for name in (C.OUTPUT_ITEM_IDS, C.OUTPUT_SCORES, C.OUTPUT_FALLBACK)}
+        out = {name: _values(transformable, name) for name in PASSED}
         for name, dtype in self.features.items():
             values = columns[name][inverse].reshape(ids.shape)
             out[self.output_name(name)] = _as_output(values, dtype)
         return _table(transformable, out)
 
     def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None):
-        passed = [input_schema[name] for name in (C.OUTPUT_ITEM_IDS, C.OUTPUT_SCORES, C.OUTPUT_FALLBACK)]
         return Schema(
-            passed
+            [input_schema[name] for name in PASSED]
             + [
-                ColumnSchema(self.output_name(name), dtype=dtype, dims=(None, self.top_k))
+                ColumnSchema(self.output_name(name), dtype=dtype, dims=(None, None))
                 for name, dtype in self.features.items()
             ]
         )

@@ -103,6 +103,35 @@ def _replace_contents(staged: Path, target: Path, keep: tuple = ("README.md",)) 
     staged.rmdir()
 
 
+def _merge_models(staged: Path, target: Path, keep: tuple = ("README.md",)) -> None:
+    """Move the staged models into ``target``: each version folder, then its ``config.pbtxt``.
+
+    Other versions of those models stay (Triton versioning: a running server can load the
+    new one while the old one serves); entries of other models are removed (except ``keep``).
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    names = {model.name for model in staged.iterdir()}
+    for entry in target.iterdir():
+        if entry.name not in keep and entry.name not in names:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    for model in staged.iterdir():
+        (target / model.name).mkdir(exist_ok=True)
+        for entry in sorted(model.iterdir(), key=lambda e: e.is_file()):  # folders first, config last
+            destination = target / model.name / entry.name
+            if destination.is_dir():
+                shutil.rmtree(destination)
+            entry.rename(destination)
+    shutil.rmtree(staged)
+
+
+def model_version(repository: Path, requested: int, model: str = C.MODEL_NAME) -> int:
+    """The version to write: ``requested``, or for 0 one above the highest in the repository."""
+    if requested:
+        return requested
+    present = [int(p.name) for p in (repository / model).glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(present, default=0) + 1
+
+
 class _Timer:
     def __init__(self, reporter: Reporter):
         self.reporter = reporter
@@ -226,12 +255,14 @@ def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
     from build_ensemble import feature_store as fs
     from build_ensemble.ensemble import GraphSpec, export_repository, tower_signature
     from build_ensemble.index import build_index, save_index
+    from build_ensemble.integrity import write_version_manifest
     from build_ensemble.tower import compile_tower
     from build_ensemble.train import save_towers
     from build_ensemble.workflow import fit_workflow
 
     reporter = reporter or Reporter()
     out, feature_repo, repository = Path(config.out), Path(config.feature_repo), Path(config.repository)
+    version = model_version(repository, config.model_version)
     staged_out, staged_repo, staged_models = (_fresh(partial(p)) for p in (out, feature_repo, repository))
     timer = _Timer(reporter)
     try:
@@ -263,7 +294,7 @@ def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
             )
             index_dir = save_index(index, staged_out / C.INDEX_DIR)
             train_clicks = data.read_split("train", [C.ITEM_ID, C.CLICK])
-            item_popularity(train_clicks, items[C.ITEM_ID].to_numpy()).head(max(100, config.top_k)).to_parquet(
+            item_popularity(train_clicks, items[C.ITEM_ID].to_numpy()).head(C.MAX_K).to_parquet(
                 index_dir / "popular.parquet", index=False
             )
         with timer.stage("feature_store"):
@@ -283,7 +314,7 @@ def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
                 with_item_features=config.with_item_features,
                 numpy_tower=tower["runtime"] == "numpy",
             )
-            models = export_repository(staged_out, staged_models, feature_repo, spec, config.tower_backend)
+            models = export_repository(staged_out, staged_models, feature_repo, spec, config.tower_backend, version)
         shutil.rmtree(staged_out / ".work", ignore_errors=True)
         info = manifest(
             config.to_dict(),
@@ -299,19 +330,22 @@ def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
                 "graph": dataclasses.asdict(spec),
                 "feature_repo": str(feature_repo),
                 "repository": str(repository),
+                "model_version": version,
                 "checksums": file_checksums(
                     staged_out, [C.QUERY_TOWER_DIR, C.COMPILED_TOWER_DIR, C.WORKFLOW_DIR, C.INDEX_DIR]
                 ),
             },
         )
         write_json(staged_out / C.MANIFEST_FILE, info)
+        for name in models:
+            write_version_manifest(staged_models / name / str(version), info)
     except BaseException:
         for staged in (staged_out, staged_repo, staged_models):
             shutil.rmtree(staged, ignore_errors=True)
         raise
     _replace_dir(staged_out, out)
     _replace_contents(staged_repo, feature_repo)
-    _replace_contents(staged_models, repository)
+    _merge_models(staged_models, repository)
     return BuildResult(out, feature_repo, repository, metrics, info)
 
 

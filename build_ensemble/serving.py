@@ -1,8 +1,9 @@
 """The Triton Python-backend model that runs the retrieval graph.
 
-Triton's dynamic batcher hands ``execute`` several requests at once; their users are
+Triton's dynamic batcher hands ``execute`` several requests at once; their inputs are
 checked one request at a time (a bad request gets its own INVALID_ARG error and does not
-fail the others), run through the graph as one batch, and split back.
+fail the others), their users run through the graph as one batch, and the answers are
+split back, each cut to its request's ``k``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,32 @@ def check_user_ids(values: np.ndarray | None) -> np.ndarray:
     return ids
 
 
+def check_k(values: np.ndarray | None, users: int, default: int, limit: int) -> int:
+    """Validate the optional ``k`` tensor of one request.
+
+    Args:
+        values: the request's ``k`` tensor, ``[n, 1]`` int64, or None (then ``default``).
+        users: the request's number of users.
+        default: the build's ``top_k``.
+        limit: the largest allowed ``k``.
+
+    Raises:
+        RequestError: naming the input and the problem.
+    """
+    if values is None:
+        return default
+    if values.dtype != np.int64:
+        raise RequestError(f"input '{C.INPUT_K}' must be INT64, got {values.dtype}")
+    if values.shape != (users, 1):
+        raise RequestError(f"input '{C.INPUT_K}' must have shape [{users}, 1] like '{C.INPUT_USER_ID}', got {list(values.shape)}")
+    if (values != values[0]).any():
+        raise RequestError(f"input '{C.INPUT_K}' must hold one value for every user of a request, got {sorted(set(values.reshape(-1).tolist()))[:5]}")
+    k = int(values[0, 0])
+    if not 1 <= k <= limit:
+        raise RequestError(f"input '{C.INPUT_K}' is {k}; it must be between 1 and {limit} (the catalog's size, capped at {C.MAX_K})")
+    return k
+
+
 def load_ensemble(artifact_path: str | Path):
     """Unpickle the exported graph and load its operators' artifacts.
 
@@ -82,6 +109,9 @@ class TritonPythonModel:
         except RecsysError as exc:
             raise pb_utils.TritonModelException(f"{config['name']}: {exc}") from None
         self.outputs = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
+        self.per_item = {o["name"] for o in config["output"] if list(o["dims"]) == [-1]}
+        index = self.runtime.index_op(self.ensemble)
+        self.default_k, self.max_k = index.top_k, index.max_k
         # Everything loaded so far lives as long as the model: keep the collector from
         # rescanning it (full collections over TensorFlow's and Feast's heaps cause latency spikes).
         gc.collect()
@@ -90,20 +120,21 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         pb = self.pb
         responses: list = [None] * len(requests)
-        batches, owners = [], []
+        batches, ks, owners = [], [], []
         for number, request in enumerate(requests):
-            tensor = pb.get_input_tensor_by_name(request, C.INPUT_USER_ID)
             try:
-                ids = check_user_ids(None if tensor is None else tensor.as_numpy())
+                ids = check_user_ids(self._input(request, C.INPUT_USER_ID))
+                k = check_k(self._input(request, C.INPUT_K), len(ids), self.default_k, self.max_k)
             except RequestError as exc:
                 responses[number] = pb.InferenceResponse(error=pb.TritonError(str(exc), pb.TritonError.INVALID_ARG))
                 continue
             batches.append(ids)
+            ks.append(np.full(len(ids), k, dtype=np.int64))
             owners.append(number)
         if not batches:
             return responses
         try:
-            outputs = self._run(np.concatenate(batches))
+            outputs = self._run(np.concatenate(batches), np.concatenate(ks))
         except Exception as exc:  # noqa: BLE001  every request gets an answer, never a traceback
             logger.error("retrieval failed: %s", traceback.format_exc())
             message = str(exc) if isinstance(exc, RecsysError) else f"internal error: {type(exc).__name__}: {exc}"
@@ -111,15 +142,25 @@ class TritonPythonModel:
                 responses[number] = pb.InferenceResponse(error=pb.TritonError(message, pb.TritonError.INTERNAL))
             return responses
         bounds = np.cumsum([0] + [len(b) for b in batches])
-        for number, start, stop in zip(owners, bounds[:-1], bounds[1:]):
-            tensors = [self._tensor(name, values[start:stop]) for name, values in outputs.items()]
+        for number, start, stop, k in zip(owners, bounds[:-1], bounds[1:], ks):
+            tensors = [
+                self._tensor(name, values[start:stop, : k[0]] if name in self.per_item else values[start:stop])
+                for name, values in outputs.items()
+            ]
             responses[number] = pb.InferenceResponse(output_tensors=tensors)
         return responses
 
-    def _run(self, ids: np.ndarray) -> dict:
+    def _input(self, request, name: str) -> np.ndarray | None:
+        tensor = self.pb.get_input_tensor_by_name(request, name)
+        return None if tensor is None else tensor.as_numpy()
+
+    def _run(self, ids: np.ndarray, ks: np.ndarray) -> dict:
         from merlin.table import TensorTable
 
-        table = self.runtime.transform(self.ensemble, TensorTable({C.USER_ID: ids}))
+        columns = {C.USER_ID: ids}
+        if (ks != self.default_k).any():
+            columns[C.INPUT_K] = ks
+        table = self.runtime.transform(self.ensemble, TensorTable(columns))
         return {name: table[name].values for name in self.outputs}
 
     def _tensor(self, name: str, values: np.ndarray):

@@ -143,7 +143,9 @@ def build_model(schema, config: BuildConfig, item_probs: np.ndarray | None):
         "adagrad": tf.keras.optimizers.Adagrad,
         "sgd": tf.keras.optimizers.SGD,
     }
-    model.compile(optimizer=optimizers[config.optimizer](learning_rate=config.learning_rate))
+    # metrics=[]: Merlin's default in-batch top-k metrics cost ~14% of training time and are not
+    # used (validation is the full-catalog evaluation in `fit`).
+    model.compile(optimizer=optimizers[config.optimizer](learning_rate=config.learning_rate), metrics=[])
     return model
 
 

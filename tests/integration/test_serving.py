@@ -10,9 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
 
 from build_ensemble import constants as C
 from build_ensemble.client import RetrievalClient
@@ -74,43 +71,6 @@ def test_unknown_users_get_popular_items_and_the_flag(served, movielens_build, o
     assert [a.fallback for a in answers] == [False, True, True, False]
     assert answers[1].item_ids == popular and answers[2].item_ids == popular
     assert answers[0].item_ids == offline[5][0].tolist() and answers[3].item_ids == offline[7][0].tolist()
-
-
-def _raw_infer(served, protocol, inputs):
-    if protocol == "grpc":
-        module, url = grpcclient, served.grpc_url
-    else:
-        module, url = httpclient, served.http_url
-    tensors = []
-    for name, array, dtype in inputs:
-        tensor = module.InferInput(name, list(array.shape), dtype)
-        tensor.set_data_from_numpy(array)
-        tensors.append(tensor)
-    return module.InferenceServerClient(url).infer(C.MODEL_NAME, tensors)
-
-
-BAD_REQUESTS = {
-    "wrong dtype": ([("user_id", np.array([[1.5]], dtype=np.float32), "FP32")], "user_id"),
-    "wrong shape": ([("user_id", np.array([[1, 2]], dtype=np.int64), "INT64")], "user_id"),
-    "wrong rank": ([("user_id", np.array([[[1]]], dtype=np.int64), "INT64")], "user_id"),
-    "empty batch": ([("user_id", np.zeros((0, 1), dtype=np.int64), "INT64")], "user_id"),
-    "missing input": ([("user", np.array([[1]], dtype=np.int64), "INT64")], "user"),
-    "negative id": ([("user_id", np.array([[3], [-1]], dtype=np.int64), "INT64")], "user_id"),
-    "batch above the limit": ([("user_id", np.ones((10_000, 1), dtype=np.int64), "INT64")], "batch-size must be <= 256"),
-}
-
-
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
-def test_bad_requests_name_the_input_and_the_server_keeps_serving(served, offline, protocol, case):
-    inputs, named = BAD_REQUESTS[case]
-    with pytest.raises(InferenceServerException) as error:
-        _raw_infer(served, protocol, inputs)
-    message = str(error.value)
-    assert named in message, message
-    assert "Traceback" not in message and len(message) < 500, message
-    with client(served, protocol) as c:
-        assert c.recommend([3])[0].item_ids == offline[3][0].tolist()
 
 
 def test_plain_kserve_v2_json_over_http(served, offline):
@@ -198,6 +158,7 @@ def test_item_features_of_each_candidate(movielens_build, offline, tmp_path):
     export_repository(movielens_build.out, tmp_path / "model_repository", tmp_path / "feature_repo", spec)
     items = pd.read_parquet(movielens_build.out / C.ITEM_FEATURES_FILE).set_index(C.ITEM_ID)
     server = server_spec(tmp_path / "model_repository", tmp_path / "state")
+    server.verify = False  # exported here, not by a build: no manifest
     with TritonServer(server), RetrievalClient(server.http_url, "http") as c:
         known, unknown = c.recommend([3, 10**8])
     assert known.item_ids == offline[3][0].tolist()

@@ -18,7 +18,9 @@ def test_constructing_the_graph_touches_nothing(tmp_path):
     """No feature store, index or model is read or materialized when the graph is built."""
     ensemble = make_ensemble(SPEC, tmp_path / "does-not-exist", "../feature_repo")
     assert ensemble.input_schema.column_names == [C.USER_ID]
-    assert ensemble.output_schema.column_names == [C.OUTPUT_ITEM_IDS, C.OUTPUT_SCORES, C.OUTPUT_FALLBACK]
+    assert ensemble.output_schema.column_names == [
+        C.OUTPUT_ITEM_IDS, C.OUTPUT_SCORES, C.OUTPUT_FALLBACK, C.OUTPUT_PARTIAL,
+    ]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -31,12 +33,17 @@ def test_executor_config_batches_and_keeps_ids_int64(tmp_path):
     parsed = text_format.Parse(text, mc.ModelConfig())
     assert parsed.backend == "python" and parsed.max_batch_size == 256
     assert parsed.HasField("dynamic_batching")
-    assert [(i.name, i.data_type, list(i.dims)) for i in parsed.input] == [("user_id", mc.TYPE_INT64, [1])]
+    assert parsed.dynamic_batching.default_queue_policy.max_queue_size > 0  # bounded, not unlimited
+    assert [(i.name, i.data_type, list(i.dims), i.optional) for i in parsed.input] == [
+        ("user_id", mc.TYPE_INT64, [1], False),
+        ("k", mc.TYPE_INT64, [1], True),
+    ]
     outputs = {o.name: (o.data_type, list(o.dims)) for o in parsed.output}
     assert outputs == {
-        "item_ids": (mc.TYPE_INT64, [7]),
-        "scores": (mc.TYPE_FP32, [7]),
+        "item_ids": (mc.TYPE_INT64, [-1]),
+        "scores": (mc.TYPE_FP32, [-1]),
         "fallback": (mc.TYPE_BOOL, [1]),
+        "partial_features": (mc.TYPE_BOOL, [1]),
     }
     assert parsed.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
 
@@ -47,7 +54,7 @@ def test_item_features_become_outputs(tmp_path):
     spec = GraphSpec(**{**SPEC.__dict__, "with_item_features": True})
     config = executor_config(make_ensemble(spec, tmp_path, "../fr"), "retrieval", 256, 1)
     outputs = {o.name: (o.data_type, list(o.dims)) for o in config.output}
-    assert outputs["item_genres"] == (mc.TYPE_STRING, [7]) and outputs["item_year"] == (mc.TYPE_INT64, [7])
+    assert outputs["item_genres"] == (mc.TYPE_STRING, [-1]) and outputs["item_year"] == (mc.TYPE_INT64, [-1])
 
 
 def test_tensorflow_tower_config_for_gpu_images():
