@@ -200,12 +200,12 @@ def _serve_in_background(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    from build_ensemble.server import ServerSpec, read_state, reload_models
+    from build_ensemble.server import read_state, reload_models, spec_from_state
 
     state = read_state(args.state_dir)
     if state is None:
         raise RecsysError(f"no running server recorded in {args.state_dir}: start one with `build-ensemble serve`")
-    spec = ServerSpec(**{k: v for k, v in state.items() if k != "pid"})
+    spec = spec_from_state(state)
     spec.verify = args.verify
     print(f"loading the newest versions of {spec.repository} into {spec.http_url} ...", file=sys.stderr, flush=True)
     for model, versions in reload_models(spec, args.timeout).items():

@@ -86,7 +86,14 @@ class _FeastOperator(BaseOperator):
             return
         repo = resolve_feature_repo(artifact_path, self.feature_repo)
         store = open_store(repo)
-        missing = set(self.features) - set(view_features(store, self.view))
+        try:
+            present = view_features(store, self.view)
+        except Exception as exc:  # noqa: BLE001  a damaged registry raises whatever its parser does
+            raise ArtifactNotFoundError(
+                f"feature repository {repo}: view {self.view} cannot be read from the registry "
+                f"({type(exc).__name__}: {exc}); rebuild it or run `feast apply` in it"
+            ) from None
+        missing = set(self.features) - set(present)
         if missing:
             raise ArtifactNotFoundError(
                 f"feature repository {repo}: view {self.view} lacks {', '.join(sorted(missing))}; rebuild it"

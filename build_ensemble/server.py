@@ -389,6 +389,11 @@ def write_state(server: TritonServer) -> Path:
     return path
 
 
+def spec_from_state(state: dict) -> ServerSpec:
+    """The :class:`ServerSpec` a state record was written from."""
+    return ServerSpec(**{k: v for k, v in state.items() if k not in ("pid", "supervisor")})
+
+
 def read_state(state_dir: str | Path) -> dict | None:
     path = Path(state_dir) / STATE_FILE
     return json.loads(path.read_text()) if path.exists() else None

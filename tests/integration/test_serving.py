@@ -14,7 +14,6 @@ import pytest
 from build_ensemble import constants as C
 from build_ensemble.client import RetrievalClient
 from build_ensemble.ensemble import export_repository
-from build_ensemble.errors import ServerError
 from build_ensemble.server import TritonServer
 
 from .conftest import server_spec
@@ -101,14 +100,6 @@ def test_the_repositories_can_be_moved(movielens_build, offline, tmp_path):
     spec = server_spec(moved / "model_repository", tmp_path / "state2", feature_repo=apart)
     with TritonServer(spec), RetrievalClient(spec.grpc_url) as c:
         assert c.recommend([11])[0].item_ids == offline[11][0].tolist()
-
-
-def test_a_broken_feature_store_fails_the_load_with_a_reason(movielens_build, tmp_path):
-    shutil.copytree(movielens_build.repository, tmp_path / "model_repository")
-    shutil.copytree(movielens_build.feature_repo, tmp_path / "feature_repo")
-    (tmp_path / "feature_repo" / "data" / "registry.db").unlink()
-    with pytest.raises(ServerError, match="registry.db is missing"):
-        TritonServer(server_spec(tmp_path / "model_repository", tmp_path / "state")).start(timeout=120)
 
 
 def test_tensorflow_backend_export_for_gpu_images(movielens_build, tmp_path):
