@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.setup-done
 PIP_VERSION := 24.0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean test-deps
 
 setup: $(STAMP)
 
@@ -25,7 +25,13 @@ $(STAMP): pyproject.toml requirements/constraints.txt Makefile
 demo: setup
 	$(BIN)/build-ensemble demo
 
-test: setup
+# The Redis tests start a real redis-server (Debian package); a missing one fails them.
+test-deps:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server; \
+	  else sudo apt-get install -y -qq redis-server; fi; }
+
+test: setup test-deps
 	$(BIN)/pytest
 
 clean:

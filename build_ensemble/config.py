@@ -20,6 +20,7 @@ DATASETS = ("synthetic-aliccp", "aliccp", "movielens-100k")
 SPLITS = ("random", "temporal")
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 TOWER_BACKENDS = ("python", "tensorflow")
+ONLINE_STORES = ("sqlite", "redis")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
 MODELS = ("two-tower", "mf")
 
@@ -48,10 +49,18 @@ class BuildConfig:
     split: str = _opt("random", "movielens-100k: per-user 80/10/10 split, random or by time", choices=SPLITS)
     seed: int = _opt(0, "seed of the data split, the synthetic generator and model initialisation")
     cache_dir: str = _opt("~/.cache/build-ensemble", "where downloaded data sets are kept")
+    workers: int = _opt(0, "run the NVTabular workflow on a local Dask cluster of N worker processes (0: in this process)")
+    dask_scheduler: str | None = _opt(None, "run the workflow on an existing Dask cluster (tcp://host:8786) instead")
+    worker_memory: str = _opt("auto", "memory limit per local Dask worker (e.g. 2GB); Dask spills to disk beyond it")
 
     # Outputs.
     out: str = _opt("artifacts", "build folder for the exported artifacts")
     feature_repo: str = _opt("feature_repo", "Feast repository the build writes and materializes")
+    online_store: str = _opt(
+        "sqlite", "Feast online store: sqlite (a file in the feature repo) or redis (shared by many servers)",
+        choices=ONLINE_STORES,
+    )
+    redis_url: str = _opt("redis://127.0.0.1:6379/0", "redis: redis://[:password@]host:port[/db] of the online store")
     repository: str = _opt("model_repository", "Triton model repository the build exports")
 
     # Model.
@@ -113,6 +122,12 @@ class BuildConfig:
                 raise ConfigError(f"{name}: got {getattr(self, name)!r}, expected a positive integer")
         if not isinstance(self.model_version, int) or self.model_version < 0:
             raise ConfigError(f"model_version: got {self.model_version!r}, expected 0 (next) or a positive integer")
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise ConfigError(f"workers: got {self.workers!r}, expected 0 or a positive integer")
+        if self.online_store == "redis":
+            from build_ensemble.feature_store import redis_connection_string
+
+            redis_connection_string(self.redis_url)
         if self.top_k > C.MAX_K:
             raise ConfigError(f"top_k: got {self.top_k}, expected at most {C.MAX_K}")
         if self.items is not None and (not isinstance(self.items, int) or self.items <= 0):

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from build_ensemble import constants as C
-from build_ensemble.errors import ArtifactNotFoundError
+from build_ensemble.errors import ArtifactNotFoundError, ConfigError
 
 os.environ.setdefault("FEAST_USAGE", "False")  # no telemetry: there may be no internet
 
@@ -29,7 +29,66 @@ USER_SOURCE = "data/user_features.parquet"
 ITEM_SOURCE = "data/item_features.parquet"
 
 
-def write_repo(repo_dir: str | Path, users: pd.DataFrame, items: pd.DataFrame, timestamp: datetime) -> Path:
+SQLITE_STORE = """online_store:
+  type: sqlite
+  path: data/online_store.db
+"""
+
+
+def redis_connection_string(url: str) -> str:
+    """Feast's Redis ``connection_string`` (``host:port,db=N[,password=P]``) of a ``redis://`` URL.
+
+    Raises:
+        ConfigError: if the URL is not ``redis://[:password@]host:port[/db]``.
+    """
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if parsed.scheme != "redis" or not parsed.hostname or port is None:
+        raise ConfigError(f"redis_url: got {url!r}, expected redis://[:password@]host:port[/db]")
+    db = parsed.path.strip("/") or "0"
+    if not db.isdigit():
+        raise ConfigError(f"redis_url: database {db!r} in {url!r} is not a number")
+    parts = [f"{parsed.hostname}:{port}", f"db={db}"] + ([f"password={parsed.password}"] if parsed.password else [])
+    return ",".join(parts)
+
+
+def check_redis(url: str, timeout: float = 5.0) -> None:
+    """Fail fast when the Redis online store does not answer (before a build spends its time).
+
+    Raises:
+        ConfigError: naming the URL and the problem.
+    """
+    import redis
+
+    redis_connection_string(url)
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping()
+    except redis.exceptions.RedisError as exc:
+        raise ConfigError(f"online store (redis) at {url} is unreachable: {exc}") from None
+
+
+def online_store_yaml(kind: str = "sqlite", redis_url: str | None = None) -> str:
+    """The ``online_store`` block of ``feature_store.yaml``."""
+    if kind == "sqlite":
+        return SQLITE_STORE
+    if kind == "redis":
+        return f'online_store:\n  type: redis\n  connection_string: "{redis_connection_string(redis_url or "")}"\n'
+    raise ConfigError(f"online_store: got {kind!r}, expected sqlite or redis")
+
+
+def write_repo(
+    repo_dir: str | Path,
+    users: pd.DataFrame,
+    items: pd.DataFrame,
+    timestamp: datetime,
+    online_store: str = "sqlite",
+    redis_url: str | None = None,
+) -> Path:
     """Write the definitions and the parquet sources of the feature repository.
 
     Args:
@@ -37,6 +96,8 @@ def write_repo(repo_dir: str | Path, users: pd.DataFrame, items: pd.DataFrame, t
         users: raw user features, one row per ``user_id``.
         items: raw item features, one row per ``item_id``.
         timestamp: tz-aware event time given to every row.
+        online_store: ``sqlite`` or ``redis``.
+        redis_url: ``redis://host:port/db`` with ``online_store="redis"``.
     """
     if timestamp.tzinfo is None:
         raise ValueError("timestamp must be timezone-aware (Feast assumes naive times are UTC)")
@@ -44,7 +105,10 @@ def write_repo(repo_dir: str | Path, users: pd.DataFrame, items: pd.DataFrame, t
     template = resources.files("build_ensemble") / "templates" / "feature_repo"
     repo.mkdir(parents=True, exist_ok=True)
     for name in TEMPLATE_FILES:
-        (repo / name).write_text((template / name).read_text())
+        text = (template / name).read_text()
+        if name == "feature_store.yaml":
+            text = text.replace(SQLITE_STORE, online_store_yaml(online_store, redis_url))
+        (repo / name).write_text(text)
     data_dir = repo / "data"
     if data_dir.exists():
         shutil.rmtree(data_dir)
@@ -89,7 +153,12 @@ def materialize_repo(repo_dir: str | Path, timestamp: datetime) -> None:
     repo = Path(repo_dir).resolve()
     with contextlib.chdir(repo):
         store = open_store(repo)
-        store.materialize(timestamp - timedelta(seconds=1), datetime.now(timezone.utc) + timedelta(minutes=1))
+        try:
+            store.materialize(timestamp - timedelta(seconds=1), datetime.now(timezone.utc) + timedelta(minutes=1))
+        except Exception as exc:
+            if "connection" not in type(exc).__name__.lower():  # e.g. redis.exceptions.ConnectionError
+                raise
+            raise ConfigError(f"online store ({store.config.online_store.type}) of {repo} is unreachable: {exc}") from None
 
 
 def open_store(repo_dir: str | Path, require_registry: bool = True):

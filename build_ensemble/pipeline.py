@@ -258,9 +258,11 @@ def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
     from build_ensemble.integrity import write_version_manifest
     from build_ensemble.tower import compile_tower
     from build_ensemble.train import save_towers
-    from build_ensemble.workflow import fit_workflow
+    from build_ensemble.workflow import DaskSettings, fit_workflow
 
     reporter = reporter or Reporter()
+    if config.online_store == "redis":
+        fs.check_redis(config.redis_url)
     out, feature_repo, repository = Path(config.out), Path(config.feature_repo), Path(config.repository)
     version = model_version(repository, config.model_version)
     staged_out, staged_repo, staged_models = (_fresh(partial(p)) for p in (out, feature_repo, repository))
@@ -269,7 +271,8 @@ def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
         with timer.stage("data"):
             data = prepare_data(config, staged_out, reporter)
         with timer.stage("workflow"):
-            transformed = fit_workflow(data, staged_out, staged_out / ".work", config.seed)
+            dask = DaskSettings(config.workers, config.dask_scheduler, config.worker_memory, str(staged_out / ".work" / "dask"))
+            transformed = fit_workflow(data, staged_out, staged_out / ".work", config.seed, dask)
         users = pd.read_parquet(data.users)
         items = pd.read_parquet(data.items)
         with timer.stage("train"):
@@ -299,7 +302,7 @@ def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
             )
         with timer.stage("feature_store"):
             stamp = datetime.now(timezone.utc).replace(microsecond=0)
-            fs.write_repo(staged_repo, users, items, stamp)
+            fs.write_repo(staged_repo, users, items, stamp, config.online_store, config.redis_url)
             fs.apply_repo(staged_repo)
             fs.materialize_repo(staged_repo, stamp)
         with timer.stage("ensemble"):

@@ -356,7 +356,9 @@ class Watchdog(threading.Thread):
 
 
 def stop_pid(pid: int, timeout: float = STOP_TIMEOUT) -> bool:
-    """Stop a server process group; True if it was running."""
+    """Stop a server's process group: SIGINT (Triton unloads its models), then SIGKILL for
+    whatever is left once the leader has exited or after ``timeout`` (e.g. backend processes
+    orphaned by a crashed server). True if the group existed."""
     try:
         os.killpg(pid, signal.SIGINT)
     except ProcessLookupError:
@@ -366,11 +368,14 @@ def stop_pid(pid: int, timeout: float = STOP_TIMEOUT) -> bool:
         try:
             os.kill(pid, 0)
             if _is_zombie(pid):
-                return True
+                break
         except ProcessLookupError:
-            return True
+            break
         time.sleep(0.1)
-    os.killpg(pid, signal.SIGKILL)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     return True
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +85,70 @@ def join_features(data: PreparedData, split: str, out_dir: Path, seed: int) -> P
     return out_dir
 
 
-def fit_workflow(data: PreparedData, run_dir: Path, work_dir: Path, seed: int = 0) -> TransformedData:
+@dataclass
+class DaskSettings:
+    """Where the workflow runs: Dask's threaded scheduler in this process (the default), a local
+    cluster of ``workers`` processes, or an existing cluster at ``scheduler``.
+
+    Attributes:
+        workers: local worker processes (0: none); a ``LocalCUDACluster`` when GPUs are present.
+        scheduler: ``tcp://host:port`` of a running Dask scheduler (wins over ``workers``).
+        worker_memory: memory limit per local worker (``"2GB"``, or ``"auto"``: an equal share);
+            past it Dask spills partitions to ``spill_dir``.
+        spill_dir: local folder for spilled partitions.
+    """
+
+    workers: int = 0
+    scheduler: str | None = None
+    worker_memory: str = "auto"
+    spill_dir: str | None = None
+
+
+@contextmanager
+def dask_cluster(settings: DaskSettings | None):
+    """Make NVTabular run on the cluster ``settings`` describe, for the ``with`` block.
+
+    Yields:
+        The ``distributed.Client``, or None for the in-process scheduler.
+    """
+    if settings is None or not (settings.workers or settings.scheduler):
+        yield None
+        return
+    from distributed import Client
+    from merlin.core.utils import Distributed
+
+    cluster = None
+    if settings.scheduler:
+        client = Client(settings.scheduler)
+    else:
+        cluster = _local_cluster(settings)
+        client = Client(cluster)
+    try:
+        with Distributed(client=client):
+            yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _local_cluster(settings: DaskSettings):
+    from merlin.core.compat import HAS_GPU
+
+    options = {"n_workers": settings.workers, "memory_limit": settings.worker_memory,
+               "local_directory": settings.spill_dir}
+    if HAS_GPU:
+        from dask_cuda import LocalCUDACluster
+
+        return LocalCUDACluster(**options)
+    from distributed import LocalCluster
+
+    return LocalCluster(threads_per_worker=1, processes=True, dashboard_address=None, **options)
+
+
+def fit_workflow(
+    data: PreparedData, run_dir: Path, work_dir: Path, seed: int = 0, dask: DaskSettings | None = None
+) -> TransformedData:
     """Fit the workflow on the training split and transform train and valid.
 
     Args:
@@ -92,6 +156,7 @@ def fit_workflow(data: PreparedData, run_dir: Path, work_dir: Path, seed: int = 
         run_dir: build folder; the fitted workflow goes to ``run_dir/workflow``.
         work_dir: scratch folder for the joined and transformed parquet parts.
         seed: seed of the training-row shuffle.
+        dask: where NVTabular runs (default: in this process).
 
     Returns:
         Paths of the fitted workflow and of the transformed train and valid parquet parts.
@@ -103,16 +168,17 @@ def fit_workflow(data: PreparedData, run_dir: Path, work_dir: Path, seed: int = 
     for split in ("train", "valid"):
         joined = join_features(data, split, work_dir / "joined" / split, seed)
         datasets[split] = Dataset(str(joined), engine="parquet", part_size=PART_SIZE, cpu=True)
-    logger.info("fitting the NVTabular workflow on the training split")
-    workflow.fit(datasets["train"])
-    workflow_dir = run_dir / C.WORKFLOW_DIR
-    if workflow_dir.exists():
-        shutil.rmtree(workflow_dir)
-    workflow.save(str(workflow_dir))
     out = {}
-    for split, dataset in datasets.items():
-        out[split] = work_dir / "transformed" / split
-        workflow.transform(dataset).to_parquet(str(out[split]), output_files=max(1, dataset.npartitions))
+    with dask_cluster(dask):
+        logger.info("fitting the NVTabular workflow on the training split")
+        workflow.fit(datasets["train"])
+        workflow_dir = run_dir / C.WORKFLOW_DIR
+        if workflow_dir.exists():
+            shutil.rmtree(workflow_dir)
+        workflow.save(str(workflow_dir))
+        for split, dataset in datasets.items():
+            out[split] = work_dir / "transformed" / split
+            workflow.transform(dataset).to_parquet(str(out[split]), output_files=max(1, dataset.npartitions))
     return TransformedData(workflow_dir, out["train"], out["valid"])
 
 

@@ -74,3 +74,16 @@ def test_vectorized_categorify_equals_the_workflow(fitted):
         np.testing.assert_array_equal(got, expected[column].to_numpy(), err_msg=column)
     gender = CategoryEncoder.read(categories, "gender").encode(np.array(["X", None], dtype=object))
     assert gender.tolist() == [OOV_CODE, NULL_CODE]
+
+
+def test_a_local_dask_cluster_gives_the_same_result(fitted, tmp_path):
+    """--workers 2: the workflow runs on a LocalCluster of two worker processes, same output."""
+    from build_ensemble.workflow import DaskSettings
+
+    data, in_process, _, _ = fitted
+    settings = DaskSettings(workers=2, worker_memory="1GB", spill_dir=str(tmp_path / "dask"))
+    on_cluster = fit_workflow(data, tmp_path, tmp_path / ".work", dask=settings)
+    columns = [C.USER_ID, C.ITEM_ID, "gender", "age", "year", C.CLICK]
+    expected = read_parts(in_process.train_dir)[columns].sort_values(columns).reset_index(drop=True)
+    got = read_parts(on_cluster.train_dir)[columns].sort_values(columns).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected)
