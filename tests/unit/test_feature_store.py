@@ -82,3 +82,21 @@ def test_fast_read_equals_get_online_features(repo):
         np.testing.assert_array_equal(fast_found, ref_found)
         for name in names:
             assert list(fast[name]) == list(ref[name]), name
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [("redis://127.0.0.1:6379/0", "127.0.0.1:6379,db=0"), ("redis://:secret@redis:6380", "redis:6380,db=0,password=secret"),
+     ("redis://r:1/3", "r:1,db=3")],
+)
+def test_redis_urls_become_feast_connection_strings(url, expected):
+    assert fs.redis_connection_string(url) == expected
+    assert f'connection_string: "{expected}"' in fs.online_store_yaml("redis", url)
+
+
+@pytest.mark.parametrize("url", ["http://h:1/0", "redis://h/0", "redis://h:1/x", "h:6379"])
+def test_bad_redis_urls_are_refused_with_the_option_named(url):
+    from build_ensemble.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="redis_url"):
+        fs.redis_connection_string(url)
