@@ -52,6 +52,7 @@ class BuildConfig:
     workers: int = _opt(0, "run the NVTabular workflow on a local Dask cluster of N worker processes (0: in this process)")
     dask_scheduler: str | None = _opt(None, "run the workflow on an existing Dask cluster (tcp://host:8786) instead")
     worker_memory: str = _opt("auto", "memory limit per local Dask worker (e.g. 2GB); Dask spills to disk beyond it")
+    part_size: str = _opt("128MB", "in-memory size of one NVTabular partition; smaller ones need less worker memory")
 
     # Outputs.
     out: str = _opt("artifacts", "build folder for the exported artifacts")

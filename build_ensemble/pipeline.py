@@ -271,7 +271,8 @@ def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
         with timer.stage("data"):
             data = prepare_data(config, staged_out, reporter)
         with timer.stage("workflow"):
-            dask = DaskSettings(config.workers, config.dask_scheduler, config.worker_memory, str(staged_out / ".work" / "dask"))
+            dask = DaskSettings(config.workers, config.dask_scheduler, config.worker_memory,
+                                str(staged_out / ".work" / "dask"), config.part_size)
             transformed = fit_workflow(data, staged_out, staged_out / ".work", config.seed, dask)
         users = pd.read_parquet(data.users)
         items = pd.read_parquet(data.items)

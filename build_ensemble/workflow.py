@@ -22,7 +22,6 @@ logger = logging.getLogger(__name__)
 
 USER_SUBGRAPH = "user"
 ITEM_SUBGRAPH = "item"
-PART_SIZE = "128MB"
 
 
 @dataclass
@@ -96,12 +95,14 @@ class DaskSettings:
         worker_memory: memory limit per local worker (``"2GB"``, or ``"auto"``: an equal share);
             past it Dask spills partitions to ``spill_dir``.
         spill_dir: local folder for spilled partitions.
+        part_size: in-memory size of one NVTabular partition (the unit a worker holds at once).
     """
 
     workers: int = 0
     scheduler: str | None = None
     worker_memory: str = "auto"
     spill_dir: str | None = None
+    part_size: str = "128MB"
 
 
 @contextmanager
@@ -164,10 +165,11 @@ def fit_workflow(
     from merlin.io import Dataset
 
     workflow = make_workflow(data.spec, work_dir / "fit")
+    part_size = (dask or DaskSettings()).part_size
     datasets = {}
     for split in ("train", "valid"):
         joined = join_features(data, split, work_dir / "joined" / split, seed)
-        datasets[split] = Dataset(str(joined), engine="parquet", part_size=PART_SIZE, cpu=True)
+        datasets[split] = Dataset(str(joined), engine="parquet", part_size=part_size, cpu=True)
     out = {}
     with dask_cluster(dask):
         logger.info("fitting the NVTabular workflow on the training split")

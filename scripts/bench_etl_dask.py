@@ -6,8 +6,8 @@ build --workers N --worker-memory M` does, while sampling every worker's residen
 and spilled bytes. The limit per worker is far below the data's size, so a data set larger
 than a worker's memory goes through.
 
-    .venv/bin/python scripts/bench_etl_dask.py                                 # 20M rows, 2 workers x 1.5 GB
-    .venv/bin/python scripts/bench_etl_dask.py --rows 2000000 --worker-memory 700MB
+    .venv/bin/python scripts/bench_etl_dask.py                     # 20M rows, 2 workers x 1.5 GB, 32 MB partitions
+    .venv/bin/python scripts/bench_etl_dask.py --worker-memory 1GB --part-size 128MB
 
 Prints the figures and writes benchmarks/etl_dask.json.
 """
@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--worker-memory", default="1.5GB")
+    parser.add_argument("--part-size", default="32MB")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "etl_dask.json"))
     args = parser.parse_args()
 
@@ -83,14 +84,14 @@ def main() -> None:
         data = prepare_aliccp(config, root)
         generate_seconds = time.perf_counter() - start
         raw_bytes = sum(p.stat().st_size for p in root.rglob("*.parquet"))
-        settings = DaskSettings(args.workers, None, args.worker_memory, str(root / "dask"))
+        settings = DaskSettings(args.workers, None, args.worker_memory, str(root / "dask"), args.part_size)
         # The sampler needs the client: open the cluster here; inside the block merlin runs
         # every Dask graph, fit_workflow's included, on it.
         with dask_cluster(settings) as client:
             sampler = Sampler(client)
             sampler.start()
             start = time.perf_counter()
-            transformed = fit_workflow(data, root, root / ".work", config.seed)
+            transformed = fit_workflow(data, root, root / ".work", config.seed, DaskSettings(part_size=args.part_size))
             etl_seconds = time.perf_counter() - start
             sampler.done.set()
             sampler.join()
@@ -106,6 +107,7 @@ def main() -> None:
         "etl_rows_per_second": round(rows / etl_seconds),
         "workers": args.workers,
         "worker_memory_limit": args.worker_memory,
+        "part_size": args.part_size,
         "per_worker": list(sampler.peaks.values()),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
