@@ -245,8 +245,10 @@ class OnlineReader:
         from feast.type_map import feast_value_type_to_python_type
 
         keys = [EntityKey(join_keys=[self.entity], entity_values=[Value(int64_val=int(i))]) for i in ids]
+        # A copy: Feast's Redis store appends its timestamp key to the list it is given, which
+        # grew our list by one per call (latency rose with every request).
         rows = self.provider.online_read(
-            config=self.config, table=self.table, entity_keys=keys, requested_features=self.features
+            config=self.config, table=self.table, entity_keys=keys, requested_features=list(self.features)
         )
         columns = {name: np.full(len(keys), None, dtype=object) for name in self.features}
         found = np.zeros(len(keys), dtype=bool)

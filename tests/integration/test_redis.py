@@ -112,3 +112,22 @@ def test_a_build_with_redis_down_fails_with_a_clear_error(tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     assert "online store (redis)" in done.stderr and "unreachable" in done.stderr
     assert not (tmp_path / "m").exists() and not (tmp_path / "a").exists()  # nothing half-written
+
+
+def test_repeated_reads_leave_the_reader_unchanged(redis_build):
+    """Feast's Redis online_read appends to the feature list it is given; ours must not grow."""
+    import numpy as np
+
+    from build_ensemble import constants as C
+    from build_ensemble.feature_store import OnlineReader, open_store
+
+    root, _ = redis_build
+    store = open_store(root / "feature_repo")
+    features = ["age_bucket", "gender", "occupation", "zip_prefix"]
+    reader = OnlineReader(store, C.USER_VIEW, C.USER_ID, features)
+    first, found = reader.read(np.array([3, 10**9]))
+    for _ in range(50):
+        again, _ = reader.read(np.array([3, 10**9]))
+    assert reader.features == features
+    assert found.tolist() == [True, False] and set(again) == set(features)
+    assert [again[f][0] for f in features] == [first[f][0] for f in features]
