@@ -185,14 +185,17 @@ def is_ready(http_url: str, timeout: float = 1.0) -> bool:
 
 
 def log_errors(log: Path, lines: int = 5, width: int = 300) -> str:
-    """The server's last error lines, each cut to its first line and ``width`` characters."""
+    """The server's last error lines, each cut to its first line and ``width`` characters; the
+    log's last lines when it has none (e.g. an option error printed with the usage text)."""
     if not log.exists():
         return ""
+    text = log.read_text(errors="replace").splitlines()
     errors = []
-    for line in log.read_text(errors="replace").splitlines():
+    for line in text:
         if line.startswith("E") or line.startswith("error"):
             message = line.split('] "', 1)[-1].split("\\n", 1)[0].rstrip('"')
             errors.append(message[:width])
+    errors = errors or [line[:width] for line in text if line.strip()][-2:]
     return "\n".join(f"  {e}" for e in errors[-lines:])
 
 

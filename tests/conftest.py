@@ -10,13 +10,25 @@ os.environ.setdefault("FEAST_USAGE", "False")
 import pytest  # noqa: E402
 
 
+def free_ports(n: int) -> list:
+    """``n`` distinct TCP ports on loopback that are free right now (all held while choosing,
+    so the OS cannot hand out the same one twice)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port() -> int:
     """A TCP port on loopback that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @pytest.fixture
 def ports():
-    return {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    http, grpc, metrics = free_ports(3)
+    return {"http_port": http, "grpc_port": grpc, "metrics_port": metrics}

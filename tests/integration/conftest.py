@@ -6,7 +6,7 @@ from build_ensemble.config import make_config
 from build_ensemble.pipeline import build
 from build_ensemble.server import ServerSpec, TritonServer
 
-from ..conftest import free_port
+from ..conftest import free_ports
 
 
 @pytest.fixture(scope="session")
@@ -26,13 +26,14 @@ def movielens_build(tmp_path_factory):
 
 
 def server_spec(repository, state_dir, feature_repo=None) -> ServerSpec:
+    http, grpc, metrics = free_ports(3)
     return ServerSpec(
         repository=str(repository),
         feature_repo=str(feature_repo) if feature_repo else None,
         state_dir=str(state_dir),
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
     )
 
 
