@@ -10,13 +10,12 @@ when it imports it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from build_ensemble import constants as C
 from build_ensemble.errors import IntegrityError
-from build_ensemble.export import write_json
+from build_ensemble.export import file_checksums, write_json
 
 CHECKSUMS_KEY = "repository_checksums"
 
@@ -33,12 +32,8 @@ def version_folders(repository: Path) -> list:
 
 def folder_checksums(folder: Path) -> dict:
     """SHA-256 of every file under ``folder`` but its manifest and ``__pycache__``, by relative path."""
-    sums = {}
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        if path.is_file() and "__pycache__" not in relative.parts and str(relative) != C.MANIFEST_FILE:
-            sums[str(relative)] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return sums
+    sums = file_checksums(folder, [p.name for p in folder.iterdir() if p.name != C.MANIFEST_FILE])
+    return {name: digest for name, digest in sums.items() if "__pycache__" not in Path(name).parts}
 
 
 def write_version_manifest(folder: Path, manifest: dict) -> Path:

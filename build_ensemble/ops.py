@@ -129,8 +129,8 @@ class QueryUserFeatures(_FeastOperator):
         missing = np.zeros(len(ids), dtype=bool)
         for values in columns.values():
             missing |= np.array([v is None for v in values], dtype=bool)
-        passed = {k: v for k, v in carry(transformable).items() if k == C.INPUT_K}
-        return _table(transformable, {C.USER_ID: ids, **columns, FOUND: found, PARTIAL: found & missing, **passed})
+        return _table(transformable, {**carry(transformable), C.USER_ID: ids, **columns, FOUND: found,
+                                      PARTIAL: found & missing})
 
     def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None):
         return Schema(
