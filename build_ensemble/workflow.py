@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 USER_SUBGRAPH = "user"
 ITEM_SUBGRAPH = "item"
+WORKER_PRELOAD = "build_ensemble.dask_worker"  # keeps TensorFlow out of ETL workers
 
 
 @dataclass
@@ -66,22 +67,37 @@ def _is_click(df):
 
 
 def join_features(data: PreparedData, split: str, out_dir: Path, seed: int) -> Path:
-    """Join one split's interactions with the user and item features, part by part.
+    """Join one split's interactions with the user and item features, as a Dask graph.
 
-    Training rows are shuffled within each part: the per-user split leaves them grouped by
-    user, which would make in-batch negatives degenerate.
+    Each interaction part is one partition, joined with the (single-partition, broadcast) user
+    and item tables, so the join runs wherever Dask runs: on the cluster's workers when a
+    ``distributed.Client`` is active, in this process otherwise. Training rows are shuffled
+    within each partition (seeded by ``seed`` and the partition's number): the per-user split
+    leaves them grouped by user, which would make in-batch negatives degenerate.
     """
+    import dask.dataframe as dd
+    import pyarrow as pa
+
     users = pd.read_parquet(data.users, columns=[C.USER_ID, *data.spec.user_features])
     items = pd.read_parquet(data.items, columns=[C.ITEM_ID, *data.spec.item_features])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for part in sorted(data.split(split).glob("*.parquet")):
-        df = pd.read_parquet(part, columns=[C.USER_ID, C.ITEM_ID, C.CLICK])
-        df = df.merge(users, on=C.USER_ID, how="left").merge(items, on=C.ITEM_ID, how="left")
-        if split == "train":
-            df = df.iloc[rng.permutation(len(df))]
-        df.reset_index(drop=True).to_parquet(out_dir / part.name, index=False)
+    parts = sorted(str(p) for p in data.split(split).glob("*.parquet"))
+    interactions = dd.read_parquet(parts, columns=[C.USER_ID, C.ITEM_ID, C.CLICK], split_row_groups=False)
+    joined = interactions.merge(dd.from_pandas(users, npartitions=1), on=C.USER_ID, how="left")
+    joined = joined.merge(dd.from_pandas(items, npartitions=1), on=C.ITEM_ID, how="left")
+    if split == "train":
+        joined = joined.map_partitions(_shuffle_rows, seed, meta=joined._meta)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    # Feature columns keep the parquet types of the feature tables (lists stay lists).
+    types = {f.name: f.type for table in (users, items) for f in pa.Schema.from_pandas(table, preserve_index=False)}
+    joined.to_parquet(str(out_dir), write_index=False, write_metadata_file=False, schema=types)
     return out_dir
+
+
+def _shuffle_rows(df: pd.DataFrame, seed: int, partition_info=None) -> pd.DataFrame:
+    number = partition_info["number"] if partition_info else 0
+    order = np.random.default_rng([seed, number]).permutation(len(df))
+    return df.iloc[order].reset_index(drop=True)
 
 
 @dataclass
@@ -137,7 +153,7 @@ def _local_cluster(settings: DaskSettings):
     from merlin.core.compat import HAS_GPU
 
     options = {"n_workers": settings.workers, "memory_limit": settings.worker_memory,
-               "local_directory": settings.spill_dir}
+               "local_directory": settings.spill_dir, "preload": [WORKER_PRELOAD]}
     if HAS_GPU:
         from dask_cuda import LocalCUDACluster
 
@@ -166,12 +182,11 @@ def fit_workflow(
 
     workflow = make_workflow(data.spec, work_dir / "fit")
     part_size = (dask or DaskSettings()).part_size
-    datasets = {}
-    for split in ("train", "valid"):
-        joined = join_features(data, split, work_dir / "joined" / split, seed)
-        datasets[split] = Dataset(str(joined), engine="parquet", part_size=part_size, cpu=True)
-    out = {}
+    datasets, out = {}, {}
     with dask_cluster(dask):
+        for split in ("train", "valid"):
+            joined = join_features(data, split, work_dir / "joined" / split, seed)
+            datasets[split] = Dataset(str(joined), engine="parquet", part_size=part_size, cpu=True)
         logger.info("fitting the NVTabular workflow on the training split")
         workflow.fit(datasets["train"])
         workflow_dir = run_dir / C.WORKFLOW_DIR
