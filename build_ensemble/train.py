@@ -72,15 +72,24 @@ def logq_corrected_logits(scores: np.ndarray, item_ids: np.ndarray, probs: np.nd
     return scores / temperature - np.log(probs[item_ids])[None, :]
 
 
-def _encoder(schema, dims: list, config: BuildConfig):
-    import merlin.models.tf as mm
+def id_columns(schema):
+    """The user_id and item_id columns of a schema.
+
+    Not ``select_by_tag([Tags.USER_ID, Tags.ITEM_ID])``: those are compound tags (USER + ID,
+    ITEM + ID) and a list of tags matches any part, which selects every user and item column.
+    """
     from merlin.schema import Tags
 
-    ids = schema.select_by_tag([Tags.USER_ID, Tags.ITEM_ID]).column_names
-    sizes = {name: config.id_embedding_dim for name in ids} if config.id_embedding_dim else None
-    embeddings = mm.Embeddings(schema, dim=sizes, l2_batch_regularization_factor=config.l2_reg)
+    return schema.select_by_tag(Tags.USER_ID) + schema.select_by_tag(Tags.ITEM_ID)
+
+
+def _encoder(schema, dims: list, config: BuildConfig):
+    import merlin.models.tf as mm
     import tensorflow as tf
 
+    ids = id_columns(schema).column_names
+    sizes = {name: config.id_embedding_dim for name in ids} if config.id_embedding_dim else None
+    embeddings = mm.Embeddings(schema, dim=sizes, l2_batch_regularization_factor=config.l2_reg)
     regularizer = tf.keras.regularizers.l2(config.mlp_l2) if config.mlp_l2 else None
     mlp = mm.MLPBlock(
         list(dims), no_activation_last_layer=True, dropout=config.dropout or None, kernel_regularizer=regularizer
@@ -128,9 +137,8 @@ def build_model(schema, config: BuildConfig, item_probs: np.ndarray | None):
         store_negative_ids=post is not None,
     )
     if config.model == "mf":
-        ids = schema.select_by_tag([Tags.USER_ID, Tags.ITEM_ID])
         model = mm.MatrixFactorizationModelV2(
-            ids, dim=config.query_tower[-1], embeddings_l2_batch_regularization=config.l2_reg, outputs=outputs
+            schema, dim=config.query_tower[-1], embeddings_l2_batch_regularization=config.l2_reg, outputs=outputs
         )
     else:
         model = mm.TwoTowerModelV2(

@@ -22,6 +22,13 @@ def _schema(list_feature=False):
     return Schema(columns)
 
 
+def _loader(users, schema):
+    import merlin.models.tf as mm
+    from merlin.io import Dataset
+
+    return mm.Loader(Dataset(users, schema=schema, cpu=True), batch_size=64, shuffle=False)
+
+
 def _users():
     return pd.DataFrame({"user_id": np.arange(3, 40), "age": np.arange(37) % 9, "zone": np.arange(37) % 5,
                          "item_id": np.arange(37) % 27 + 3})
@@ -29,13 +36,10 @@ def _users():
 
 @pytest.mark.parametrize("options", [{}, {"dropout": 0.3, "normalize": True, "query_tower": [32, 16, 8]}])
 def test_numpy_tower_gives_tensorflows_numbers(options, tmp_path):
-    import merlin.models.tf as mm
-    from merlin.io import Dataset
-
     schema = _schema()
     model = T.build_model(schema, make_config(overrides=options), None)
     users = _users()
-    features, _ = next(iter(mm.Loader(Dataset(users, schema=schema, cpu=True), batch_size=64, shuffle=False)))
+    features, _ = next(iter(_loader(users, schema)))
     reference = model.query_encoder(features).numpy()
     inputs = {c: users[c].to_numpy() for c in ("user_id", "age", "zone")}
     tower = extract(model.query_encoder)
@@ -47,11 +51,8 @@ def test_numpy_tower_gives_tensorflows_numbers(options, tmp_path):
 
 
 def test_a_disagreeing_tower_is_not_used(tmp_path):
-    import merlin.models.tf as mm
-    from merlin.io import Dataset
-
     model = T.build_model(_schema(), make_config(), None)
-    model.query_encoder(next(iter(mm.Loader(Dataset(_users(), schema=_schema(), cpu=True), batch_size=64)))[0])
+    model.query_encoder(next(iter(_loader(_users(), _schema())))[0])
     inputs = {c: _users()[c].to_numpy() for c in ("user_id", "age", "zone")}
     wrong = np.zeros((37, 64), dtype=np.float32) + 5
     result = compile_tower(model.query_encoder, inputs, wrong, tmp_path / "tower")
@@ -61,11 +62,18 @@ def test_a_disagreeing_tower_is_not_used(tmp_path):
 
 def test_list_inputs_are_left_to_tensorflow():
     model = T.build_model(_schema(list_feature=True), make_config(), None)
-    import merlin.models.tf as mm
-    from merlin.io import Dataset
-
-    users = _users().assign(tags=[[1, 2]] * 37)
-    features, _ = next(iter(mm.Loader(Dataset(users, schema=_schema(True), cpu=True), batch_size=64, shuffle=False)))
+    features, _ = next(iter(_loader(_users().assign(tags=[[1, 2]] * 37), _schema(True))))
     model.query_encoder(features)  # build the layers
     with pytest.raises(UnsupportedTower, match="list feature tags"):
         extract(model.query_encoder)
+
+
+def test_id_embedding_dim_sizes_only_the_id_tables():
+    """--id-embedding-dim applies to user_id / item_id; the other features keep their inferred sizes."""
+    schema = _schema()
+    model = T.build_model(schema, make_config(overrides={"id_embedding_dim": 24}), None)
+    model.query_encoder(next(iter(_loader(_users(), schema)))[0])
+    tower = extract(model.query_encoder)
+    assert T.id_columns(schema).column_names == ["user_id", "item_id"]
+    assert tower.tables["user_id"].shape == (50, 24)
+    assert tower.tables["age"].shape[1] != 24 and tower.tables["zone"].shape[1] != 24
