@@ -51,30 +51,40 @@ def _one_thread_each() -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
-def run_seed(split: str, seed: int, models: list, workdir: Path) -> tuple[list, dict]:
-    """All models on one split and seed; returns result rows and each model's history."""
-    workdir.mkdir(parents=True, exist_ok=True)
+def prepare(split: str, seed: int, folder: Path) -> tuple:
+    """Split MovieLens-100K and fit the workflow; returns what `train_and_test` needs."""
+    folder.mkdir(parents=True)
     config = make_config(overrides={"dataset": "movielens-100k", "split": split, "seed": seed})
-    folder = workdir / f"{split}-{seed}"
-    folder.mkdir()
     data = prepare_movielens(config, folder)
     transformed = fit_workflow(data, folder, folder / ".work", seed)
     users, items = pd.read_parquet(data.users), pd.read_parquet(data.items)
+    return data, transformed, users, items
+
+
+def train_and_test(prepared: tuple, split: str, seed: int, overrides: dict) -> tuple[dict, object, dict]:
+    """Train with the MovieLens defaults plus ``overrides``; returns (test metrics, TrainResult, most-popular metrics)."""
+    data, transformed, users, items = prepared
+    config = make_config(overrides={"dataset": "movielens-100k", "split": split, "seed": seed, **overrides})
     catalog = ev.Catalog(users[C.USER_ID].to_numpy(), items[C.ITEM_ID].to_numpy())
+    start = time.perf_counter()
+    result, user_vectors, item_vectors, _ = train_and_embed(config, data, transformed, users, items, Reporter())
+    seconds = time.perf_counter() - start
+    metrics = test_metrics(data, catalog, user_vectors, item_vectors, [10], exclude_seen=True, seed=seed)
+    row = {**metrics["two_tower"], "train_seconds": round(seconds, 1), "best_epoch": result.best_epoch}
+    return row, result, metrics["most_popular"]
+
+
+def run_seed(split: str, seed: int, models: list, workdir: Path) -> tuple[list, dict]:
+    """All models on one split and seed; returns result rows and each model's history."""
+    prepared = prepare(split, seed, workdir / f"{split}-{seed}")
     rows, histories = [], {}
     for name in models:
-        model_config = make_config(overrides={"dataset": "movielens-100k", "split": split, "seed": seed, **MODELS[name]})
-        start = time.perf_counter()
-        result, user_vectors, item_vectors, _ = train_and_embed(model_config, data, transformed, users, items, Reporter())
-        seconds = time.perf_counter() - start
-        metrics = test_metrics(data, catalog, user_vectors, item_vectors, [10], exclude_seen=True, seed=seed)
-        row = {"model": name, "split": split, "seed": seed, **metrics["two_tower"],
-               "train_seconds": round(seconds, 1), "best_epoch": result.best_epoch}
-        rows.append(row)
+        metrics, result, popular = train_and_test(prepared, split, seed, MODELS[name])
+        rows.append({"model": name, "split": split, "seed": seed, **metrics})
         histories[name] = result.history
-        print(f"    {split} seed {seed} {name}: recall@10 {row['recall@10']:.4f} ndcg@10 {row['ndcg@10']:.4f} "
-              f"({seconds:.0f} s)", file=sys.stderr, flush=True)
-    rows.append({"model": "most_popular", "split": split, "seed": seed, **metrics["most_popular"],
+        print(f"    {split} seed {seed} {name}: recall@10 {metrics['recall@10']:.4f} ndcg@10 {metrics['ndcg@10']:.4f} "
+              f"({metrics['train_seconds']:.0f} s)", file=sys.stderr, flush=True)
+    rows.append({"model": "most_popular", "split": split, "seed": seed, **popular,
                  "train_seconds": 0.0, "best_epoch": None})
     return rows, histories
 

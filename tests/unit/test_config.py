@@ -11,6 +11,18 @@ def test_defaults_learn_on_synthetic_and_movielens_get_their_own():
     assert movielens.epochs > make_config().epochs
 
 
+def test_matrix_factorization_gets_its_own_movielens_defaults(tmp_path):
+    two_tower = make_config(overrides={"dataset": "movielens-100k"})
+    mf = make_config(overrides={"dataset": "movielens-100k", "model": "mf"})
+    assert (two_tower.normalize, two_tower.temperature) == (True, 0.1)
+    assert (mf.normalize, mf.temperature) == (False, 1.0)
+    assert mf.patience == two_tower.patience
+    explicit = make_config(overrides={"dataset": "movielens-100k", "model": "mf", "temperature": 0.5})
+    assert explicit.temperature == 0.5
+    (tmp_path / "mf.yaml").write_text("dataset: movielens-100k\nmodel: mf\n")
+    assert make_config(tmp_path / "mf.yaml").temperature == 1.0
+
+
 def test_yaml_overrides_defaults_and_flags_override_yaml(tmp_path):
     path = tmp_path / "build.yaml"
     path.write_text("dataset: movielens-100k\nepochs: 7\nlearning-rate: 0.01\n")
