@@ -56,7 +56,9 @@ def item_probabilities(item_ids: np.ndarray, cardinality: int) -> np.ndarray:
     return counts / counts.sum()
 
 
-def logq_corrected_logits(scores: np.ndarray, item_ids: np.ndarray, probs: np.ndarray, temperature: float = 1.0):
+def logq_corrected_logits(
+    scores: np.ndarray, item_ids: np.ndarray, probs: np.ndarray, temperature: float = 1.0, weight: float = 1.0
+):
     """Reference of the logQ correction of in-batch logits (what training applies).
 
     Args:
@@ -64,12 +66,13 @@ def logq_corrected_logits(scores: np.ndarray, item_ids: np.ndarray, probs: np.nd
         item_ids: ``[batch]`` int encoded item id of each column.
         probs: ``[cardinality]`` float sampling probabilities.
         temperature: logits temperature.
+        weight: strength of the correction (1: exact).
 
     Returns:
-        ``[batch, batch]`` float ``scores / temperature - log q(item)``: the correction is
-        applied before the temperature, scaled by it, so it stays a full logQ correction.
+        ``[batch, batch]`` float ``scores / temperature - weight * log q(item)``: the correction
+        is applied before the temperature, scaled by it, so the temperature does not weaken it.
     """
-    return scores / temperature - np.log(probs[item_ids])[None, :]
+    return scores / temperature - weight * np.log(probs[item_ids])[None, :]
 
 
 def id_columns(schema):
@@ -125,7 +128,7 @@ def build_model(schema, config: BuildConfig, item_probs: np.ndarray | None):
         post = PopularityLogitsCorrection(
             item_probs.astype(np.float32),
             is_prob_distribution=True,
-            reg_factor=config.temperature,
+            reg_factor=config.temperature * config.logq_weight,
             schema=item_schema,
         )
     outputs = mm.ContrastiveOutput(

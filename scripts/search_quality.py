@@ -7,8 +7,10 @@ but take no part in the choice.
 
     .venv/bin/python scripts/search_quality.py                          # scripts/quality_search.json, seeds 0 1
     .venv/bin/python scripts/search_quality.py my_search.json --seeds 0 1 2
+    .venv/bin/python scripts/search_quality.py --only "cosine, logQ weight 1.25"   # rerun some, keep the rest
 
-Prints a table and writes benchmarks/quality_search.json.
+Prints a table and writes benchmarks/quality_search.json (with --only, the other
+configurations' runs already in that file are kept).
 """
 
 from __future__ import annotations
@@ -46,21 +48,29 @@ def main() -> None:
                         help="JSON mapping a configuration's name to its overrides of the defaults")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--only", nargs="+", help="run only these configurations of the search file")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "quality_search.json"))
     args = parser.parse_args()
 
     configs = json.loads(Path(args.search).read_text())
+    unknown = sorted(set(args.only or []) - set(configs))
+    if unknown:
+        parser.error(f"--only: not in {args.search}: {', '.join(unknown)}")
+    out = Path(args.out)
+    kept = []
+    if args.only and out.exists():
+        kept = [r for r in json.loads(out.read_text())["runs"] if r["name"] in configs and r["name"] not in args.only]
+    todo = {name: configs[name] for name in (args.only or configs)}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="search-quality-") as tmp:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_one_thread_each) as pool:
             futures = [pool.submit(run, name, overrides, seed, Path(tmp) / f"{n}-{seed}")
-                       for n, (name, overrides) in enumerate(configs.items()) for seed in args.seeds]
-            rows = [f.result() for f in as_completed(futures)]
+                       for n, (name, overrides) in enumerate(todo.items()) for seed in args.seeds]
+            rows = kept + [f.result() for f in as_completed(futures)]
     table = (pd.DataFrame(rows).groupby("name", sort=False).mean(numeric_only=True).drop(columns="seed")
              .sort_values("valid_ndcg@10", ascending=False).round(4))
     print(table.to_string())
-    out = Path(args.out)
     out.write_text(json.dumps({
         "ranking": [{"name": name, "overrides": configs[name], **values} for name, values in table.to_dict("index").items()],
         "runs": rows, "seeds": args.seeds, "split": "random",

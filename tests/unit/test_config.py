@@ -14,8 +14,8 @@ def test_defaults_learn_on_synthetic_and_movielens_get_their_own():
 def test_matrix_factorization_gets_its_own_movielens_defaults(tmp_path):
     two_tower = make_config(overrides={"dataset": "movielens-100k"})
     mf = make_config(overrides={"dataset": "movielens-100k", "model": "mf"})
-    assert (two_tower.normalize, two_tower.temperature) == (True, 0.1)
-    assert (mf.normalize, mf.temperature) == (False, 1.0)
+    assert (two_tower.normalize, two_tower.temperature, two_tower.logq_weight) == (True, 0.1, 1.25)
+    assert (mf.normalize, mf.temperature, mf.logq_weight) == (False, 1.0, 1.0)
     assert mf.patience == two_tower.patience
     explicit = make_config(overrides={"dataset": "movielens-100k", "model": "mf", "temperature": 0.5})
     assert explicit.temperature == 0.5
@@ -55,6 +55,7 @@ def test_missing_and_malformed_yaml(tmp_path):
         ("learning_rate", -1.0, "learning_rate"),
         ("l2_reg", -0.1, "l2_reg"),
         ("temperature", 0.0, "temperature"),
+        ("logq_weight", 0.0, "logq_weight: got 0.0, expected a positive number"),
         ("query_tower", [128, 0], "query_tower"),
         ("ks", [], "ks"),
         ("index", "annoy", "index: got 'annoy'"),

@@ -27,9 +27,9 @@ def _tiny_schema(n_users, n_items):
     return Schema([column(C.USER_ID, [Tags.USER_ID, Tags.USER], n_users), column(C.ITEM_ID, [Tags.ITEM_ID, Tags.ITEM], n_items)])
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.5])
-def test_logq_corrected_logits_by_hand(temperature):
-    """The model's in-batch logits equal s / T - log q(item), q from training counts."""
+@pytest.mark.parametrize("temperature, weight", [(1.0, 1.0), (0.5, 1.0), (0.5, 1.5)])
+def test_logq_corrected_logits_by_hand(temperature, weight):
+    """The model's in-batch logits equal s / T - w log q(item), q from training counts."""
     import merlin.models.tf as mm
     from merlin.io import Dataset
 
@@ -38,7 +38,7 @@ def test_logq_corrected_logits_by_hand(temperature):
     schema = _tiny_schema(16, n_items)
     train_ids = np.array([3, 3, 3, 4, 5, 5, 6, 7, 8, 9, 9, 9, 9, 10])
     probs = T.item_probabilities(train_ids, n_items)
-    config = make_config(overrides={"temperature": temperature, "query_tower": [8, 4]})
+    config = make_config(overrides={"temperature": temperature, "logq_weight": weight, "query_tower": [8, 4]})
     model = T.build_model(schema, config, probs)
     loader = mm.Loader(Dataset(batch, schema=schema, cpu=True), batch_size=8, shuffle=False)
     features, _ = next(iter(loader))
@@ -47,8 +47,8 @@ def test_logq_corrected_logits_by_hand(temperature):
     q = model.query_encoder(features).numpy()
     c = model.candidate_encoder(features).numpy()
     ids = batch[C.ITEM_ID].to_numpy()
-    expected = T.logq_corrected_logits(q @ c.T, ids, probs, temperature)
-    by_hand = (q * c).sum(axis=1) / temperature - np.log(probs[ids])
+    expected = T.logq_corrected_logits(q @ c.T, ids, probs, temperature, weight)
+    by_hand = (q * c).sum(axis=1) / temperature - weight * np.log(probs[ids])
     np.testing.assert_allclose(logits[:, 0], by_hand, rtol=1e-4, atol=1e-4)  # positives
     np.testing.assert_allclose(np.diag(expected), by_hand, rtol=1e-5, atol=1e-5)
     negatives = logits[:, 1:]
