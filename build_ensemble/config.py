@@ -190,7 +190,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
         "dropout": 0.3,
         "normalize": True,
         "temperature": 0.1,
-        "logq_weight": 1.25,
+        "logq_weight": 1.5,
     },
 }
 # Matrix factorization has no tower to normalize: plain dot products at temperature 1 (its

@@ -33,7 +33,7 @@ import pandas as pd  # noqa: E402
 
 from build_ensemble import constants as C  # noqa: E402
 from build_ensemble import evaluate as ev  # noqa: E402
-from build_ensemble.config import make_config  # noqa: E402
+from build_ensemble.config import MODEL_DEFAULTS, make_config  # noqa: E402
 from build_ensemble.movielens import prepare_movielens  # noqa: E402
 from build_ensemble.pipeline import Reporter, test_metrics, train_and_embed  # noqa: E402
 from build_ensemble.workflow import fit_workflow  # noqa: E402
@@ -165,6 +165,7 @@ def main() -> None:
         "summary": table, "runs": rows, "reproducibility": repeat, "published_reference": REFERENCE,
         "defaults": {k: v for k, v in make_config(overrides={"dataset": "movielens-100k"}).to_dict().items()
                      if k not in ("out", "feature_repo", "repository", "cache_dir")},
+        "mf_defaults": MODEL_DEFAULTS[("movielens-100k", "mf")],
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "minutes": round((time.perf_counter() - started) / 60, 1),

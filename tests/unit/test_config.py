@@ -14,7 +14,7 @@ def test_defaults_learn_on_synthetic_and_movielens_get_their_own():
 def test_matrix_factorization_gets_its_own_movielens_defaults(tmp_path):
     two_tower = make_config(overrides={"dataset": "movielens-100k"})
     mf = make_config(overrides={"dataset": "movielens-100k", "model": "mf"})
-    assert (two_tower.normalize, two_tower.temperature, two_tower.logq_weight) == (True, 0.1, 1.25)
+    assert (two_tower.normalize, two_tower.temperature, two_tower.logq_weight) == (True, 0.1, 1.5)
     assert (mf.normalize, mf.temperature, mf.logq_weight) == (False, 1.0, 1.0)
     assert mf.patience == two_tower.patience
     explicit = make_config(overrides={"dataset": "movielens-100k", "model": "mf", "temperature": 0.5})
