@@ -1,13 +1,14 @@
 """ETL on Dask: the build's NVTabular workflow on a LocalCluster with memory limits that force spilling.
 
-Generates synthetic Ali-CCP (20M rows by default, 1M-row parquet parts), then fits the
-workflow on the training split and transforms train and valid, exactly as `build-ensemble
-build --workers N --worker-memory M` does, while sampling every worker's resident memory
+Generates synthetic Ali-CCP (20M rows by default, 1M-row parquet parts), then joins the
+interactions with the features, fits the workflow on the training split and transforms train
+and valid on the cluster, exactly as `build-ensemble build --workers N --worker-memory M`
+does, while sampling every worker's resident memory
 and spilled bytes. The limit per worker is far below the data's size, so a data set larger
 than a worker's memory goes through.
 
-    .venv/bin/python scripts/bench_etl_dask.py                     # 20M rows, 2 workers x 1.5 GB, 32 MB partitions
-    .venv/bin/python scripts/bench_etl_dask.py --worker-memory 1GB --part-size 128MB
+    .venv/bin/python scripts/bench_etl_dask.py                     # 20M rows, 2 workers x 512 MB, 16 MB partitions
+    .venv/bin/python scripts/bench_etl_dask.py --worker-memory 1GB --part-size 32MB
 
 Prints the figures and writes benchmarks/etl_dask.json.
 """
@@ -74,8 +75,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=20_000_000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--worker-memory", default="1.5GB")
-    parser.add_argument("--part-size", default="32MB")
+    parser.add_argument("--worker-memory", default="512MB")
+    parser.add_argument("--part-size", default="16MB")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "etl_dask.json"))
     args = parser.parse_args()
 
