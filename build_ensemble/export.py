@@ -85,14 +85,17 @@ def package_versions() -> dict:
     return versions
 
 
-def file_checksums(root: Path, names: list) -> dict:
-    """SHA-256 of each named file, or of each file under each named folder."""
+def file_checksums(root: Path, names: list, skip: tuple = ()) -> dict:
+    """SHA-256 of each named file, or of each file under each named folder, leaving out files
+    inside folders named in ``skip``."""
     sums = {}
     for name in names:
         target = root / name
         files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
         for file in files:
-            sums[str(file.relative_to(root))] = hashlib.sha256(file.read_bytes()).hexdigest()
+            relative = file.relative_to(root)
+            if not set(skip) & set(relative.parts[:-1]):
+                sums[str(relative)] = hashlib.sha256(file.read_bytes()).hexdigest()
     return sums
 
 

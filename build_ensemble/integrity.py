@@ -32,8 +32,8 @@ def version_folders(repository: Path) -> list:
 
 def folder_checksums(folder: Path) -> dict:
     """SHA-256 of every file under ``folder`` but its manifest and ``__pycache__``, by relative path."""
-    sums = file_checksums(folder, [p.name for p in folder.iterdir() if p.name != C.MANIFEST_FILE])
-    return {name: digest for name, digest in sums.items() if "__pycache__" not in Path(name).parts}
+    names = [p.name for p in folder.iterdir() if p.name != C.MANIFEST_FILE]
+    return file_checksums(folder, names, skip=("__pycache__",))
 
 
 def write_version_manifest(folder: Path, manifest: dict) -> Path:
