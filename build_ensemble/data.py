@@ -4,6 +4,7 @@ Every data source ends in the same layout inside the build folder::
 
     train.parquet/ valid.parquet/ test.parquet/   interactions, raw ids (partitioned)
     user_features.parquet                         one row per user: user_id + user features
+    user_features_valid.parquet                   the same when validation was scored (history features only)
     item_features.parquet                         one row per item (the whole catalog)
     data.json                                     which columns are user / item features
 
@@ -41,11 +42,14 @@ class DataSpec:
         user_features: user columns besides ``user_id`` (query tower inputs).
         item_features: item columns besides ``item_id`` (item tower inputs).
         list_features: the subset of those holding lists (multi-hot).
+        history_features: the user features that change with every interaction (the recent
+            items): each interaction row carries its own values, point in time.
     """
 
     user_features: tuple = ()
     item_features: tuple = ()
     list_features: tuple = ()
+    history_features: tuple = ()
 
     @classmethod
     def from_dict(cls, values: dict) -> "DataSpec":
@@ -71,6 +75,11 @@ class PreparedData:
     @property
     def items(self) -> Path:
         return self.root / C.ITEM_FEATURES_FILE
+
+    @property
+    def validation_users(self) -> Path:
+        """The user table as it was when validation was scored (differs from ``users`` with history features)."""
+        return self.root / C.VALIDATION_USER_FEATURES_FILE if self.spec.history_features else self.users
 
     def read_split(self, name: str, columns: list | None = None) -> pd.DataFrame:
         """Read one split into memory."""

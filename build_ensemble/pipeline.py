@@ -147,14 +147,20 @@ class _Timer:
 
 
 def prepare_data(config: BuildConfig, root: Path, reporter: Reporter) -> PreparedData:
-    """Dispatch to the data source named by ``config.dataset``."""
+    """Dispatch to the data source named by ``config.dataset``, then add the recent-item features."""
     if config.dataset == "movielens-100k":
         from build_ensemble.movielens import prepare_movielens
 
-        return prepare_movielens(config, root)
-    from build_ensemble.aliccp import prepare_aliccp
+        data = prepare_movielens(config, root)
+    else:
+        from build_ensemble.aliccp import prepare_aliccp
 
-    return prepare_aliccp(config, root, reporter.iterate)
+        data = prepare_aliccp(config, root, reporter.iterate)
+    if config.recent_items:
+        from build_ensemble.history import add_recent_items
+
+        data = add_recent_items(data, config.recent_items)
+    return data
 
 
 def score_build(out: Path, ks: list, exclude_seen: bool, seed: int = 0) -> dict:
@@ -226,6 +232,10 @@ def train_and_embed(
     user_schema = workflow.get_subworkflow(USER_SUBGRAPH).output_schema
     item_schema = workflow.get_subworkflow(ITEM_SUBGRAPH).output_schema
     encoded_users = encode(workflow, USER_SUBGRAPH, users)
+    # History features change with time: validation scores the users as they were before it.
+    validation_users = encoded_users
+    if data.spec.history_features:
+        validation_users = encode(workflow, USER_SUBGRAPH, pd.read_parquet(data.validation_users))
     encoded_items = encode(workflow, ITEM_SUBGRAPH, items)
     catalog = ev.Catalog(users[C.USER_ID].to_numpy(), items[C.ITEM_ID].to_numpy())
     columns = [C.USER_ID, C.ITEM_ID, C.CLICK]
@@ -234,7 +244,7 @@ def train_and_embed(
     exclude = train if config.exclude_seen else None
 
     def validate(model) -> dict:
-        user_vectors = embed(model.query_encoder, encoded_users, user_schema)
+        user_vectors = embed(model.query_encoder, validation_users, user_schema)
         item_vectors = embed(model.candidate_encoder, encoded_items, item_schema)
         scorer = ev.dot_scorer(user_vectors, item_vectors)
         result = ev.evaluate(scorer, valid, [10], exclude=exclude, max_users=config.eval_users, seed=config.seed)

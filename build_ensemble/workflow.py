@@ -70,7 +70,7 @@ def _is_click(df):
 def join_features(data: PreparedData, split: str, out_dir: Path, seed: int) -> Path:
     """Join one split's interactions with the user and item features, as a Dask graph.
 
-    Each interaction part is one partition, joined with the (single-partition, broadcast) user
+    Each interaction part is one partition (with its history features, if any), joined with the (single-partition, broadcast) user
     and item tables, so the join runs wherever Dask runs: on the cluster's workers when a
     ``distributed.Client`` is active, in this process otherwise. Training rows are shuffled
     within each partition (seeded by ``seed`` and the partition's number): the per-user split
@@ -79,10 +79,12 @@ def join_features(data: PreparedData, split: str, out_dir: Path, seed: int) -> P
     import dask.dataframe as dd
     import pyarrow as pa
 
-    users = pd.read_parquet(data.users, columns=[C.USER_ID, *data.spec.user_features])
+    history = list(data.spec.history_features)  # per interaction row, not per user
+    static = [f for f in data.spec.user_features if f not in history]
+    users = pd.read_parquet(data.users, columns=[C.USER_ID, *static])
     items = pd.read_parquet(data.items, columns=[C.ITEM_ID, *data.spec.item_features])
     parts = sorted(str(p) for p in data.split(split).glob("*.parquet"))
-    interactions = dd.read_parquet(parts, columns=[C.USER_ID, C.ITEM_ID, C.CLICK], split_row_groups=False)
+    interactions = dd.read_parquet(parts, columns=[C.USER_ID, C.ITEM_ID, C.CLICK, *history], split_row_groups=False)
     joined = interactions.merge(dd.from_pandas(users, npartitions=1), on=C.USER_ID, how="left")
     joined = joined.merge(dd.from_pandas(items, npartitions=1), on=C.ITEM_ID, how="left")
     if split == "train":

@@ -11,10 +11,13 @@ from ..conftest import free_ports
 
 @pytest.fixture(scope="session")
 def movielens_build(tmp_path_factory):
+    """MovieLens-100K on the temporal split, whose defaults add the recent-item features: the
+    served path then carries per-user history from Feast to the query tower."""
     root = tmp_path_factory.mktemp("movielens")
     config = make_config(
         overrides={
             "dataset": "movielens-100k",
+            "split": "temporal",
             "epochs": 3,
             "index": "flat",
             "out": str(root / "artifacts"),

@@ -43,6 +43,23 @@ def test_raw_ids_map_back_exactly(movielens_build):
     assert features.loc[1, "occupation"] == "technician" and features.loc[1, "zip_prefix"] == "85"
 
 
+def test_recent_items_are_the_latest_known_before_test(movielens_build):
+    """The temporal split's defaults add recent_item_1..5: in the served user table, each user's
+    latest training or validation items; training rows carry the items before them."""
+    out = movielens_build.out
+    columns = [f"recent_item_{k}" for k in range(1, 6)]
+    known = pd.concat([pd.read_parquet(out / C.TRAIN_FILE), pd.read_parquet(out / C.VALID_FILE)])
+    known = known.sort_values([C.USER_ID, C.TIMESTAMP, C.ITEM_ID])
+    expected = known.groupby(C.USER_ID)[C.ITEM_ID].apply(lambda s: s.tolist()[::-1][:5])
+    served = pd.read_parquet(out / C.USER_FEATURES_FILE).set_index(C.USER_ID)
+    assert served[columns].apply(list, axis=1).to_dict() == expected.to_dict()
+    train = pd.read_parquet(out / C.TRAIN_FILE).sort_values([C.USER_ID, C.TIMESTAMP, C.ITEM_ID])
+    first = train.groupby(C.USER_ID).head(1)
+    assert (first[columns] == -1).all().all()
+    manifest = json.loads((out / C.MANIFEST_FILE).read_text())
+    assert set(columns) <= set(manifest["graph"]["user_features"]) and set(columns) <= set(manifest["graph"]["tower_inputs"])
+
+
 def test_recall_recomputed_from_the_embeddings_matches_metrics(movielens_build):
     """Dot products of the exported embeddings, seen items masked, give metrics.json's Recall@10."""
     out = movielens_build.out

@@ -23,6 +23,16 @@ def test_matrix_factorization_gets_its_own_movielens_defaults(tmp_path):
     assert make_config(tmp_path / "mf.yaml").temperature == 1.0
 
 
+def test_movielens_temporal_split_adds_recent_items_but_not_for_matrix_factorization(tmp_path):
+    base = {"dataset": "movielens-100k"}
+    assert make_config(overrides=base).recent_items == 0
+    assert make_config(overrides={**base, "split": "temporal"}).recent_items == 5
+    assert make_config(overrides={**base, "split": "temporal", "model": "mf"}).recent_items == 0
+    assert make_config(overrides={**base, "split": "temporal", "recent_items": 2}).recent_items == 2
+    (tmp_path / "t.yaml").write_text("dataset: movielens-100k\nsplit: temporal\n")
+    assert make_config(tmp_path / "t.yaml").recent_items == 5
+
+
 def test_yaml_overrides_defaults_and_flags_override_yaml(tmp_path):
     path = tmp_path / "build.yaml"
     path.write_text("dataset: movielens-100k\nepochs: 7\nlearning-rate: 0.01\n")
@@ -56,6 +66,7 @@ def test_missing_and_malformed_yaml(tmp_path):
         ("l2_reg", -0.1, "l2_reg"),
         ("temperature", 0.0, "temperature"),
         ("logq_weight", 0.0, "logq_weight: got 0.0, expected a positive number"),
+        ("recent_items", -1, "recent_items: got -1, expected 0 or a positive integer"),
         ("query_tower", [128, 0], "query_tower"),
         ("ks", [], "ks"),
         ("index", "annoy", "index: got 'annoy'"),
