@@ -13,7 +13,9 @@ import pytest
 
 from build_ensemble import constants as C
 from build_ensemble.client import RetrievalClient
+from build_ensemble.config import make_config
 from build_ensemble.ensemble import export_repository
+from build_ensemble.pipeline import build
 from build_ensemble.server import TritonServer
 
 from .conftest import server_spec
@@ -25,17 +27,22 @@ def client(served, protocol):
     return RetrievalClient(served.grpc_url if protocol == "grpc" else served.http_url, protocol)
 
 
-@pytest.fixture(scope="module")
-def offline(movielens_build):
-    """Top-10 from the exported embeddings: the served answers must equal it."""
-    users = pd.read_parquet(movielens_build.out / C.USER_EMBEDDINGS_FILE)
-    items = pd.read_parquet(movielens_build.out / C.ITEM_EMBEDDINGS_FILE)
+def offline_top10(out: Path) -> dict:
+    """``{user: (item ids, scores)}``, the top-10 from a build's exported embeddings."""
+    users = pd.read_parquet(out / C.USER_EMBEDDINGS_FILE)
+    items = pd.read_parquet(out / C.ITEM_EMBEDDINGS_FILE)
     scores = np.stack(users["embedding"]) @ np.stack(items["embedding"]).T
     order = np.argsort(-scores, axis=1, kind="stable")[:, :10]
     item_ids = items[C.ITEM_ID].to_numpy()
     return {
         int(u): (item_ids[order[row]], scores[row, order[row]]) for row, u in enumerate(users[C.USER_ID])
     }
+
+
+@pytest.fixture(scope="module")
+def offline(movielens_build):
+    """Top-10 from the exported embeddings: the served answers must equal it."""
+    return offline_top10(movielens_build.out)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -48,6 +55,22 @@ def test_served_top10_equals_offline_for_50_users(served, offline, protocol):
         assert not answer.fallback
         assert answer.item_ids == ids.tolist(), user
         np.testing.assert_allclose(answer.scores, scores, atol=1e-4)
+
+
+def test_random_split_build_without_history_serves_its_offline_top10(tmp_path):
+    """The default MovieLens build (random split: no recent-item features) end to end too."""
+    config = make_config(overrides={
+        "dataset": "movielens-100k", "epochs": 1, "index": "flat", "out": str(tmp_path / "artifacts"),
+        "feature_repo": str(tmp_path / "feature_repo"), "repository": str(tmp_path / "model_repository"),
+    })
+    result = build(config)
+    assert not any(f.startswith("recent_item") for f in result.manifest["graph"]["user_features"])
+    offline = offline_top10(result.out)
+    users = sorted(offline)[::47]
+    spec = server_spec(result.repository, tmp_path / "state")
+    with TritonServer(spec), RetrievalClient(spec.grpc_url) as c:
+        answers = c.recommend(users)
+    assert [a.item_ids for a in answers] == [offline[u][0].tolist() for u in users]
 
 
 def test_a_32_user_request_equals_32_single_requests(served, offline):
