@@ -75,6 +75,10 @@ def test_partly_missing_features_get_defaults_and_the_flag(movielens_build, tmp_
         C.USER_ID: [3, 5000], "age_bucket": [1, None], "gender": [None, "M"], "occupation": ["writer", None],
         "zip_prefix": ["55", None], C.EVENT_TIMESTAMP: [now, now], C.CREATED_TIMESTAMP: [now, now],
     })
+    # The build's recent items (temporal split): user 3 keeps its own, the new user 5000 has none yet.
+    users = pd.read_parquet(movielens_build.out / C.USER_FEATURES_FILE).set_index(C.USER_ID)
+    for column in [c for c in users.columns if c.startswith("recent_item")]:
+        rows[column] = pd.array([users.at[3, column], None], dtype="Int64")
     FeatureStore(repo_path=str(feature_repo)).write_to_online_store(C.USER_VIEW, rows)
     spec = server_spec(repository, tmp_path / "state")
     with TritonServer(spec), RetrievalClient(spec.grpc_url) as c:
