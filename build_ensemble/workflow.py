@@ -70,11 +70,12 @@ def _is_click(df):
 def join_features(data: PreparedData, split: str, out_dir: Path, seed: int) -> Path:
     """Join one split's interactions with the user and item features, as a Dask graph.
 
-    Each interaction part is one partition (with its history features, if any), joined with the (single-partition, broadcast) user
-    and item tables, so the join runs wherever Dask runs: on the cluster's workers when a
-    ``distributed.Client`` is active, in this process otherwise. Training rows are shuffled
-    within each partition (seeded by ``seed`` and the partition's number): the per-user split
-    leaves them grouped by user, which would make in-batch negatives degenerate.
+    Each interaction part is one partition (carrying its rows' history features, if any),
+    joined with the (single-partition, broadcast) user and item tables, so the join runs
+    wherever Dask runs: on the cluster's workers when a ``distributed.Client`` is active, in
+    this process otherwise. Training rows are shuffled within each partition (seeded by
+    ``seed`` and the partition's number): the per-user split leaves them grouped by user,
+    which would make in-batch negatives degenerate.
     """
     import dask.dataframe as dd
     import pyarrow as pa
