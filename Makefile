@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt Makefile
 	# its Python dependencies conflict with the Merlin pins (see README).
 	$(BIN)/pip install -q --no-deps -c requirements/constraints.txt nvidia-pytriton
 	# perf_analyzer: the real binary ships in the tritonclient 2.51 wheel (see README, Load tests).
-	$(BIN)/python -m build_ensemble.perf_analyzer install
+	$(BIN)/python -m build_ensemble.loadtest.perf_analyzer install
 	touch $@
 
 demo: setup
@@ -31,7 +31,9 @@ test-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server; \
 	  else sudo apt-get install -y -qq redis-server; fi; }
 
+# lint-imports: the import contracts in pyproject.toml (serving imports no build module; layers).
 test: setup test-deps
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 clean:

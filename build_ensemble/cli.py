@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -13,19 +15,20 @@ import warnings
 from pathlib import Path
 
 from build_ensemble import constants as C
-from build_ensemble.config import BuildConfig
+from build_ensemble.config import EXPORT_OPTIONS, BuildConfig
 from build_ensemble.errors import RecsysError
+from build_ensemble.progress import Reporter
 
 logger = logging.getLogger("build_ensemble")
 
 
-def _quiet_libraries() -> None:
-    """Keep TensorFlow, Merlin and Feast from flooding the terminal (before they are imported)."""
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Keep TensorFlow, Merlin and Feast from flooding the terminal while a command runs
+    (set before they are imported; warnings are restored when the block ends)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     os.environ.setdefault("FEAST_USAGE", "False")
-    # Feast re-installs warning filters on import, so silence the display itself.
-    warnings.showwarning = lambda *args, **kwargs: None
     for name in ("tensorflow", "merlin", "feast", "numba", "distributed"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
@@ -34,9 +37,13 @@ def _quiet_libraries() -> None:
         absl.logging.set_verbosity(absl.logging.ERROR)
     except ImportError:
         pass
+    with warnings.catch_warnings():
+        # Feast re-installs warning filters on import, so silence the display itself.
+        warnings.showwarning = lambda *args, **kwargs: None
+        yield
 
 
-class ConsoleReporter:
+class ConsoleReporter(Reporter):
     """Stage banners, per-epoch lines and progress bars on stderr."""
 
     def __init__(self):
@@ -68,15 +75,27 @@ class ConsoleReporter:
         return tick
 
 
-# ---------------------------------------------------------------- build options from the config
+# ---------------------------------------------------------------- options from the dataclasses that own them
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file of option: value (flags override it)")
+def _default(owner, name: str):
+    """The default of a dataclass field or of a function's parameter, so the CLI never restates it."""
+    if dataclasses.is_dataclass(owner):
+        f = next(f for f in dataclasses.fields(owner) if f.name == name)
+        return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return inspect.signature(owner).parameters[name].default
+
+
+def _add_config_options(parser: argparse.ArgumentParser, names: tuple | None = None, default_text: str | None = None) -> None:
+    """Flags for ``BuildConfig``'s fields (all, or ``names``); their values default to None
+    (unset), and the help shows the field's default or ``default_text``."""
+    if names is None:
+        parser.add_argument("--config", help="YAML file of option: value (flags override it)")
     for f in dataclasses.fields(BuildConfig):
+        if names is not None and f.name not in names:
+            continue
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        helptext = f"{f.metadata.get('help', '')} (default: {default})"
+        helptext = f"{f.metadata.get('help', '')} (default: {default_text or _default(BuildConfig, f.name)})"
         kwargs = {"dest": f.name, "default": None, "help": helptext}
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
@@ -116,12 +135,26 @@ def _print_build(result) -> None:
     print(f"\nbuild folder:      {result.out.resolve()}")
     print(f"feature repo:      {result.feature_repo.resolve()}")
     print(f"model repository:  {result.repository.resolve()}")
-    index = result.manifest["index"]
-    print(f"index:             {index['kind']} {index['params']} recall@{index['k']} vs exact {index['recall_at_k']:.4f}")
+    print(_index_line(result.manifest["index"]))
     print(f"\ntest metrics ({metrics['users']} users, seen items {'masked' if metrics['exclude_seen'] else 'kept'}):")
     print(f"  {'model':<14}{'recall@' + str(k):>12}{'ndcg@' + str(k):>12}")
     for name in ("two_tower", "most_popular", "random"):
         print(f"  {name:<14}{metrics[name][f'recall@{k}']:>12.4f}{metrics[name][f'ndcg@{k}']:>12.4f}")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from build_ensemble.pipeline import export_build
+
+    overrides = {name: getattr(args, name) for name in EXPORT_OPTIONS}
+    info = export_build(args.out, args.repository, args.feature_repo, overrides, ConsoleReporter())
+    print(f"model repository:  {Path(args.repository).resolve()}  (version {info['model_version']})")
+    print(f"models:            {', '.join(info['models'])}")
+    print(_index_line(info["index"]))
+    return 0
+
+
+def _index_line(index: dict) -> str:
+    return f"index:             {index['kind']} {index['params']} recall@{index['k']} vs exact {index['recall_at_k']:.4f}"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -133,29 +166,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _server_spec(args: argparse.Namespace):
-    from build_ensemble.server import ServerSpec
+    from build_ensemble.server.launch import ServerSpec
 
-    return ServerSpec(
-        repository=args.repository,
-        feature_repo=args.feature_repo,
-        state_dir=args.state_dir,
-        host=args.host,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        model_control=getattr(args, "model_control", "explicit"),
-        verify=getattr(args, "verify", True),
-    )
+    names = {f.name for f in dataclasses.fields(ServerSpec)}
+    return ServerSpec(**{k: v for k, v in vars(args).items() if k in names})
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from build_ensemble.server import STATE_FILE, TritonServer, check_repository, write_state
+    from build_ensemble.server.launch import check_repository
+    from build_ensemble.server.state import STATE_FILE, write_state
+    from build_ensemble.server.supervise import SupervisedServer
 
     if args.background:
         return _serve_in_background(args)
     spec = _server_spec(args)
-    spec.watchdog = args.watchdog
-    server = TritonServer(spec)
+    server = SupervisedServer(spec)
     print(f"starting tritonserver (log: {spec.log_path}) ...", file=sys.stderr, flush=True)
     server.start(timeout=args.timeout)
     write_state(server)
@@ -176,7 +201,7 @@ def _serve_in_background(args: argparse.Namespace) -> int:
     once its server is ready. That process supervises the server (watchdog) until `stop`."""
     import subprocess
 
-    from build_ensemble.server import STATE_FILE, read_state
+    from build_ensemble.server.state import STATE_FILE, read_state
 
     state_dir = Path(args.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -200,7 +225,8 @@ def _serve_in_background(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    from build_ensemble.server import read_state, reload_models, spec_from_state
+    from build_ensemble.server.state import read_state, spec_from_state
+    from build_ensemble.server.supervise import reload_models
 
     state = read_state(args.state_dir)
     if state is None:
@@ -214,7 +240,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from build_ensemble.server import stop_background
+    from build_ensemble.server.state import stop_background
 
     state = stop_background(args.state_dir)
     if state is None:
@@ -240,14 +266,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
-    from build_ensemble import loadtest
-    from build_ensemble.server import read_state
+    from build_ensemble.loadtest import harness as loadtest
+    from build_ensemble.server.state import read_state
 
     ids = loadtest.UserIds(args.out, args.unknown_share, args.seed)
     state = read_state(args.state_dir)
     pid = state["pid"] if state else None
     urls = {"grpc": args.grpc_url, "http": args.http_url}
-    levels = [("concurrency", c) for c in args.concurrency or []] + [("rate", r) for r in args.rate or []]
+    levels = loadtest.levels(args.concurrency, args.rate)
     results = []
     for protocol in args.protocol:
         for kind, value in levels:
@@ -261,13 +287,13 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     paths = loadtest.write_results(results, args.results)
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     if args.perf_analyzer:
-        from build_ensemble import perf_analyzer
+        from build_ensemble.loadtest import perf_analyzer
 
         folder = Path(args.results)
         data = perf_analyzer.write_input_data(folder / "perf_analyzer_input.json", ids.sample(1000))
         rows = []
         for protocol in args.protocol:
-            for concurrency in args.concurrency or [1]:
+            for concurrency in [value for kind, value in levels if kind == "concurrency"] or [1]:
                 report = folder / f"perf_analyzer_{protocol}_c{concurrency}.csv"
                 rows.append({"protocol": protocol, **perf_analyzer.run(
                     urls[protocol], protocol, data, concurrency, report, args.perf_measurement_ms,
@@ -285,7 +311,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from build_ensemble.client import RetrievalClient
     from build_ensemble.pipeline import build
-    from build_ensemble.server import TritonServer
+    from build_ensemble.server.launch import TritonServer
 
     config = _config_from_args(args)
     result = build(config, ConsoleReporter())
@@ -311,16 +337,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_server_options(parser: argparse.ArgumentParser, with_repos: bool = True) -> None:
+    from build_ensemble.server.launch import READY_TIMEOUT, ServerSpec
+
+    spec = {name: _default(ServerSpec, name) for name in ("host", "http_port", "grpc_port", "metrics_port", "state_dir")}
     if with_repos:
-        parser.add_argument("--repository", default="model_repository", help="Triton model repository (default: model_repository)")
+        repository = _default(BuildConfig, "repository")
+        parser.add_argument("--repository", default=repository, help=f"Triton model repository (default: {repository})")
         parser.add_argument("--feature-repo", default=None,
                             help="Feast repository the models read (default: the one recorded at build, beside the model repository)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
-    parser.add_argument("--http-port", type=int, default=8000, help="HTTP port (default: 8000)")
-    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default: 8001)")
-    parser.add_argument("--metrics-port", type=int, default=8002, help="metrics port (default: 8002)")
-    parser.add_argument("--state-dir", default=".serve", help="server log, pid file and backend links (default: .serve)")
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the server to be ready")
+    parser.add_argument("--host", default=spec["host"], help=f"address to bind (default: {spec['host']}, loopback only)")
+    for name in ("http", "grpc", "metrics"):
+        port = spec[f"{name}_port"]
+        parser.add_argument(f"--{name}-port", type=int, default=port, help=f"{name if name != 'http' else 'HTTP'} port (default: {port})")
+    _add_state_dir(parser, "server log, pid file and backend links")
+    parser.add_argument("--timeout", type=float, default=READY_TIMEOUT,
+                        help=f"seconds to wait for the server to be ready (default: {READY_TIMEOUT:g})")
+
+
+def _add_state_dir(parser: argparse.ArgumentParser, what: str) -> None:
+    from build_ensemble.server.launch import ServerSpec
+
+    default = _default(ServerSpec, "state_dir")
+    parser.add_argument("--state-dir", default=default, help=f"{what} (default: {default})")
 
 
 def _add_verify_option(parser: argparse.ArgumentParser) -> None:
@@ -329,16 +367,30 @@ def _add_verify_option(parser: argparse.ArgumentParser) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from build_ensemble import client
+    from build_ensemble.loadtest import harness, perf_analyzer
+    from build_ensemble.server.launch import ServerSpec
+    from build_ensemble.server.supervise import RELOAD_TIMEOUT
+
     parser = argparse.ArgumentParser(prog="build-ensemble", description=__doc__)
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging and tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    out = _default(BuildConfig, "out")
 
-    p = sub.add_parser("build", help="run the whole pipeline: data, workflow, model, evaluation, feature store, index, ensemble")
+    p = sub.add_parser("build", help="run the whole pipeline: data, workflow, model, evaluation, index, feature store, export")
     _add_config_options(p)
     p.set_defaults(func=cmd_build)
 
+    p = sub.add_parser("export", help="write (or add a version to) a model repository from an existing build, without retraining")
+    p.add_argument("--out", default=out, help=f"build folder (default: {out})")
+    p.add_argument("--repository", default=_default(BuildConfig, "repository"),
+                   help=f"model repository to write (default: {_default(BuildConfig, 'repository')})")
+    p.add_argument("--feature-repo", default=None, help="where the models find the Feast repository (default: the build's)")
+    _add_config_options(p, EXPORT_OPTIONS, default_text="the build's")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("evaluate", help="test metrics of an existing build, from its exported embeddings")
-    p.add_argument("--out", default="artifacts", help="build folder (default: artifacts)")
+    p.add_argument("--out", default=out, help=f"build folder (default: {out})")
     p.add_argument("--ks", nargs="+", type=int, default=None, help="cut-offs (default: the build's)")
     p.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
                    help="mask training and validation items (default: the build's setting)")
@@ -346,51 +398,58 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="start tritonserver on the model repository and wait until ready")
     _add_server_options(p)
-    p.add_argument("--model-control", choices=("explicit", "poll", "none"), default="explicit",
+    p.add_argument("--model-control", choices=("explicit", "poll", "none"), default=_default(ServerSpec, "model_control"),
                    help="Triton's model control: explicit (all models loaded at start, new versions by "
                         "`build-ensemble reload`), poll (Triton loads new versions by itself, unverified), none")
     _add_verify_option(p)
-    p.add_argument("--watchdog", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--watchdog", action=argparse.BooleanOptionalAction, default=_default(ServerSpec, "watchdog"),
                    help="reload the model if its Python-backend process dies (default: on; needs explicit model control)")
     p.add_argument("--background", action="store_true", help="return once ready; stop with `build-ensemble stop`")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("reload", help="load the newest model versions into the running server, without downtime")
-    p.add_argument("--state-dir", default=".serve", help="state folder given to serve (default: .serve)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the load")
+    _add_state_dir(p, "state folder given to serve")
+    p.add_argument("--timeout", type=float, default=RELOAD_TIMEOUT, help=f"seconds to wait for the load (default: {RELOAD_TIMEOUT:g})")
     _add_verify_option(p)
     p.set_defaults(func=cmd_reload)
 
     p = sub.add_parser("stop", help="stop a server started with `serve --background`")
-    p.add_argument("--state-dir", default=".serve", help="state folder given to serve (default: .serve)")
+    _add_state_dir(p, "state folder given to serve")
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("recommend", help="ask the served model for the top-k items of users; prints JSON")
     p.add_argument("--user-id", type=int, action="append", required=True, help="raw user id (repeat for several)")
     p.add_argument("--k", type=int, default=None, help="items per user (default: the build's --top-k; at most the catalog size and 1000)")
-    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="protocol (default: grpc)")
-    p.add_argument("--url", default=None, help="host:port (default: 127.0.0.1:8001 for gRPC, :8000 for HTTP)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    p.add_argument("--protocol", choices=client.PROTOCOLS, default=client.PROTOCOLS[0], help=f"protocol (default: {client.PROTOCOLS[0]})")
+    p.add_argument("--url", default=None, help=f"host:port (default: {client.DEFAULT_URLS['grpc']} for gRPC, "
+                                               f"{client.DEFAULT_URLS['http']} for HTTP)")
+    p.add_argument("--timeout", type=float, default=client.DEFAULT_TIMEOUT, help=f"seconds per request (default: {client.DEFAULT_TIMEOUT:g})")
     p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("loadtest", help="drive the served model with real user ids; report throughput and latency")
-    p.add_argument("--out", default="artifacts", help="build folder whose users are sent (default: artifacts)")
-    p.add_argument("--protocol", nargs="+", choices=("grpc", "http"), default=["grpc"], help="protocols (default: grpc)")
-    p.add_argument("--grpc-url", default="127.0.0.1:8001", help="gRPC host:port, loopback only (default: 127.0.0.1:8001)")
-    p.add_argument("--http-url", default="127.0.0.1:8000", help="HTTP host:port, loopback only (default: 127.0.0.1:8000)")
-    p.add_argument("--model", default=C.MODEL_NAME, help=f"Triton model to call (default: {C.MODEL_NAME})")
-    p.add_argument("--concurrency", nargs="+", type=int, help="closed-loop levels: concurrent requests (default: 1 2 4 8)")
+    run_level = lambda name: _default(harness.run_level, name)  # noqa: E731
+    p.add_argument("--out", default=out, help=f"build folder whose users are sent (default: {out})")
+    p.add_argument("--protocol", nargs="+", choices=client.PROTOCOLS, default=["grpc"], help="protocols (default: grpc)")
+    for protocol in client.PROTOCOLS:
+        url = client.DEFAULT_URLS[protocol]
+        p.add_argument(f"--{protocol}-url", default=url, help=f"{protocol} host:port, loopback only (default: {url})")
+    p.add_argument("--model", default=run_level("model"), help=f"Triton model to call (default: {run_level('model')})")
+    p.add_argument("--concurrency", nargs="+", type=int,
+                   help=f"closed-loop levels: concurrent requests (default: {' '.join(map(str, harness.DEFAULT_CONCURRENCY))})")
     p.add_argument("--rate", nargs="+", type=float, help="open-loop levels: requests per second")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per level (default: 10)")
+    p.add_argument("--duration", type=float, default=run_level("duration"), help=f"seconds per level (default: {run_level('duration'):g})")
     p.add_argument("--requests", type=int, default=None, help="requests per level instead of a duration")
-    p.add_argument("--users-per-request", type=int, default=1, help="user ids per request (default: 1)")
-    p.add_argument("--unknown-share", type=float, default=0.0, help="share of unknown user ids (default: 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the user-id draw")
+    p.add_argument("--users-per-request", type=int, default=run_level("users_per_request"),
+                   help=f"user ids per request (default: {run_level('users_per_request')})")
+    p.add_argument("--unknown-share", type=float, default=_default(harness.UserIds, "unknown_share"),
+                   help="share of unknown user ids (default: 0)")
+    p.add_argument("--seed", type=int, default=_default(harness.UserIds, "seed"), help="seed of the user-id draw (default: 0)")
     p.add_argument("--results", default="benchmarks/loadtest", help="folder for CSV, JSON and PNG (default: benchmarks/loadtest)")
-    p.add_argument("--state-dir", default=".serve", help="state folder of `serve --background` (for the server's RSS)")
+    _add_state_dir(p, "state folder of `serve --background` (for the server's RSS)")
     p.add_argument("--perf-analyzer", action="store_true", help="also run NVIDIA perf_analyzer on the same user ids")
-    p.add_argument("--perf-measurement-ms", type=int, default=4000, help="perf_analyzer window (default: 4000)")
-    p.add_argument("--perf-stability", type=int, default=50, help="perf_analyzer stability percentage (default: 50)")
+    measurement, stability = (_default(perf_analyzer.run, n) for n in ("measurement_ms", "stability"))
+    p.add_argument("--perf-measurement-ms", type=int, default=measurement, help=f"perf_analyzer window (default: {measurement})")
+    p.add_argument("--perf-stability", type=int, default=stability, help=f"perf_analyzer stability percentage (default: {stability})")
     p.set_defaults(func=cmd_loadtest)
 
     p = sub.add_parser("demo", help="build on the default data set, serve, query a few users over gRPC and HTTP, stop")
@@ -403,16 +462,13 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list | None = None) -> int:
     args = make_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if getattr(args, "func", None) is cmd_loadtest and not args.concurrency and not args.rate:
-        args.concurrency = [1, 2, 4, 8]
-    if not args.verbose:
-        _quiet_libraries()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     try:
-        return args.func(args)
+        with contextlib.nullcontext() if args.verbose else _quiet_libraries():
+            return args.func(args)
     except RecsysError as exc:
         if args.verbose:
             raise

@@ -10,6 +10,7 @@ from build_ensemble import constants as C
 
 PROTOCOLS = ("grpc", "http")
 DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
+DEFAULT_TIMEOUT = 30.0  # seconds per request
 
 
 @dataclass
@@ -104,7 +105,8 @@ class RetrievalClient:
         timeout: seconds per request.
     """
 
-    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = C.MODEL_NAME, timeout: float = 30.0):
+    def __init__(self, url: str | None = None, protocol: str = "grpc", model: str = C.MODEL_NAME,
+                 timeout: float = DEFAULT_TIMEOUT):
         self.protocol = protocol
         self.module = _module(protocol)
         self.url = url or DEFAULT_URLS[protocol]

@@ -17,13 +17,15 @@ import yaml
 from build_ensemble import constants as C
 from build_ensemble.errors import ConfigError
 
-DATASETS = ("synthetic-aliccp", "aliccp", "movielens-100k")
+DATASETS = ("synthetic-aliccp", "aliccp", "movielens-100k")  # each has a module in `datasets` (SOURCES)
 SPLITS = ("random", "temporal")
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 TOWER_BACKENDS = ("python", "tensorflow")
 ONLINE_STORES = ("sqlite", "redis")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
 MODELS = ("two-tower", "mf")
+# What `build-ensemble export` may change without retraining (the rest of a build's options is fixed).
+EXPORT_OPTIONS = ("tower_backend", "with_item_features", "index", "top_k", "model_version")
 
 
 def _opt(default: Any, help: str, **kwargs: Any) -> Any:
@@ -136,8 +138,6 @@ class BuildConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"{name}: got {getattr(self, name)!r}, expected 0 or a positive integer")
         if self.online_store == "redis":
-            from build_ensemble.feature_store import redis_connection_string
-
             redis_connection_string(self.redis_url)
         if self.top_k > C.MAX_K:
             raise ConfigError(f"top_k: got {self.top_k}, expected at most {C.MAX_K}")
@@ -273,3 +273,25 @@ def make_config(
         return BuildConfig(**values)
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def redis_connection_string(url: str) -> str:
+    """Feast's Redis ``connection_string`` (``host:port,db=N[,password=P]``) of a ``redis://`` URL.
+
+    Raises:
+        ConfigError: if the URL is not ``redis://[:password@]host:port[/db]``.
+    """
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if parsed.scheme != "redis" or not parsed.hostname or port is None:
+        raise ConfigError(f"redis_url: got {url!r}, expected redis://[:password@]host:port[/db]")
+    db = parsed.path.strip("/") or "0"
+    if not db.isdigit():
+        raise ConfigError(f"redis_url: database {db!r} in {url!r} is not a number")
+    parts = [f"{parsed.hostname}:{port}", f"db={db}"] + ([f"password={parsed.password}"] if parsed.password else [])
+    return ",".join(parts)

@@ -10,8 +10,14 @@ TIMESTAMP = "timestamp"
 FEAST_PROJECT = "retrieval"
 USER_VIEW = "user_features"
 ITEM_VIEW = "item_features"
+USER_SERVICE = "user_features_v1"
+ITEM_SERVICE = "item_features_v1"
 EVENT_TIMESTAMP = "event_timestamp"
 CREATED_TIMESTAMP = "created"
+FEAST_REGISTRY = "data/registry.db"
+FEAST_USER_SOURCE = "data/user_features.parquet"
+FEAST_ITEM_SOURCE = "data/item_features.parquet"
+FEAST_SQLITE_STORE = "data/online_store.db"
 
 # Triton tensors of the retrieval model.
 MODEL_NAME = "retrieval"
@@ -26,6 +32,10 @@ ITEM_FEATURE_OUTPUT_PREFIX = "item_"
 # Where the served models find the Feast repository (overrides the path relative to the
 # model repository that the build records).
 FEATURE_REPO_ENV = "BUILD_ENSEMBLE_FEATURE_REPO"
+
+# The layout of an exported model version; `serve` refuses versions of another format (the
+# graph pickles operators by module path, so a version exported before a move cannot load).
+REPOSITORY_FORMAT = 2
 
 # Files of a build folder.
 TRAIN_FILE = "train.parquet"

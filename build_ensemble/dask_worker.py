@@ -11,6 +11,9 @@ memory that then holds data. Local clusters load it themselves; on your own clus
 import sys
 import warnings
 
-if "tensorflow" not in sys.modules:
-    sys.modules["tensorflow"] = None  # `import tensorflow` now raises ImportError, which Merlin handles
-warnings.filterwarnings("ignore", message="Tensorflow dtype mappings did not load")
+
+def dask_setup(worker) -> None:
+    """Called by Dask once per worker at start, before it runs any task."""
+    if "tensorflow" not in sys.modules:
+        sys.modules["tensorflow"] = None  # `import tensorflow` now raises ImportError, which Merlin handles
+    warnings.filterwarnings("ignore", message="Tensorflow dtype mappings did not load")

@@ -1,4 +1,4 @@
-"""Full-catalog evaluation: Recall@k and NDCG@k over every item, for any scorer.
+"""Build stage: full-catalog evaluation, Recall@k and NDCG@k over every item, for any scorer.
 
 The Two-Tower model and the baselines (most-popular, random) are scored by the same code:
 a scorer maps a batch of user rows to a ``[batch, num_items]`` score matrix.
@@ -6,7 +6,9 @@ a scorer maps a batch of user rows to a ``[batch, num_items]`` score matrix.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -14,9 +16,84 @@ import pandas as pd
 import scipy.sparse as sp
 
 from build_ensemble import constants as C
+from build_ensemble.artifacts import StageResult, read_embeddings, write_json
+from build_ensemble.config import BuildConfig
+from build_ensemble.errors import ArtifactNotFoundError
+from build_ensemble.prepared import PreparedData
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 SCORE_BUDGET = 2**24  # floats per scored block (64 MB)
+
+
+def run(config: BuildConfig, build_dir: Path) -> StageResult:
+    """Score the build's test split with its exported embeddings and write ``metrics.json``
+    (with the best epoch and its validation metrics from the training history).
+
+    Args:
+        config: ``ks``, ``exclude_seen`` and ``seed`` (random baseline) are used.
+        build_dir: build folder after the training stage.
+    """
+    metrics = score_build(build_dir, config.ks, config.exclude_seen, config.seed)
+    history = json.loads((build_dir / C.HISTORY_FILE).read_text())
+    metrics["best_epoch"] = history["best_epoch"]
+    best = history["history"][history["best_epoch"] - 1]
+    metrics["validation"] = {k: v for k, v in best.items() if k.startswith("valid_")}
+    path = write_json(build_dir / C.METRICS_FILE, metrics)
+    return StageResult([path], {"metrics": metrics})
+
+
+def score_build(build_dir: Path, ks: list, exclude_seen: bool, seed: int = 0) -> dict:
+    """Test metrics of a build, from its exported embeddings and splits.
+
+    Raises:
+        ArtifactNotFoundError: if the build folder lacks embeddings or splits.
+    """
+    build_dir = Path(build_dir)
+    for name in (C.USER_EMBEDDINGS_FILE, C.ITEM_EMBEDDINGS_FILE, C.TEST_FILE):
+        if not (build_dir / name).exists():
+            raise ArtifactNotFoundError(f"{build_dir / name} is missing: is {build_dir} a finished build?")
+    user_ids, users = read_embeddings(build_dir / C.USER_EMBEDDINGS_FILE, C.USER_ID)
+    item_ids, items = read_embeddings(build_dir / C.ITEM_EMBEDDINGS_FILE, C.ITEM_ID)
+    return score_embeddings(PreparedData.load(build_dir), Catalog(user_ids, item_ids), users, items, ks, exclude_seen, seed)
+
+
+def score_embeddings(
+    data: PreparedData,
+    catalog: "Catalog",
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    ks: list,
+    exclude_seen: bool,
+    seed: int = 0,
+) -> dict:
+    """Test Recall@k / NDCG@k of the Two-Tower embeddings and of the most-popular and random baselines.
+
+    The model scores by dot product; the baselines are scored by the same code. With
+    ``exclude_seen``, training and validation items are masked.
+
+    Args:
+        data: prepared splits.
+        catalog: user and item row order of the vectors.
+        user_vectors: ``[num_users, dim]`` float32.
+        item_vectors: ``[num_items, dim]`` float32.
+        ks: cut-offs.
+        exclude_seen: mask seen items.
+        seed: seed of the random baseline.
+    """
+    columns = [C.USER_ID, C.ITEM_ID, C.CLICK]
+    train, valid, test = (catalog.matrix(data.read_split(s, columns)) for s in ("train", "valid", "test"))
+    exclude = (train + valid) if exclude_seen else None
+    scorers = {
+        "two_tower": dot_scorer(user_vectors, item_vectors),
+        "most_popular": popularity_scorer(train),
+        "random": random_scorer(len(catalog.item_ids), seed),
+    }
+    metrics = {"split": "test", "ks": list(ks), "exclude_seen": bool(exclude_seen)}
+    for name, scorer in scorers.items():
+        result = evaluate(scorer, test, ks, exclude=exclude)
+        metrics["users"] = result.pop("users")
+        metrics[name] = result
+    return metrics
 
 
 @dataclass

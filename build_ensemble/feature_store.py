@@ -1,60 +1,61 @@
-"""The Feast feature repository: write it, apply and materialize it, read features online.
+"""Build stage: the Feast feature repository, written from the package's template, applied and materialized.
 
 The repository keeps every path relative to its own folder (file registry, SQLite online
-store, parquet sources), so it can be copied or moved as a whole.
+store, parquet sources), so it can be copied or moved as a whole. The serving side reads it
+through ``serving.online_store``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
 import shutil
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
+from string import Template
 
-import numpy as np
 import pandas as pd
 
 from build_ensemble import constants as C
-from build_ensemble.errors import ArtifactNotFoundError, ConfigError
-
-os.environ.setdefault("FEAST_USAGE", "False")  # no telemetry: there may be no internet
-
-logger = logging.getLogger(__name__)
+from build_ensemble.artifacts import StageResult
+from build_ensemble.config import BuildConfig, redis_connection_string
+from build_ensemble.errors import ConfigError
+from build_ensemble.serving.online_store import feast_module, open_store
 
 TEMPLATE_FILES = ("feature_store.yaml", "features.py", ".feastignore")
-USER_SOURCE = "data/user_features.parquet"
-ITEM_SOURCE = "data/item_features.parquet"
+# Every name the template uses, from `constants`: one place for the Feast names.
+TEMPLATE_NAMES = {
+    "project": C.FEAST_PROJECT,
+    "registry": C.FEAST_REGISTRY,
+    "user_id": C.USER_ID,
+    "item_id": C.ITEM_ID,
+    "user_view": C.USER_VIEW,
+    "item_view": C.ITEM_VIEW,
+    "user_service": C.USER_SERVICE,
+    "item_service": C.ITEM_SERVICE,
+    "user_source": C.FEAST_USER_SOURCE,
+    "item_source": C.FEAST_ITEM_SOURCE,
+    "event_timestamp": C.EVENT_TIMESTAMP,
+    "created_timestamp": C.CREATED_TIMESTAMP,
+}
 
 
-SQLITE_STORE = """online_store:
-  type: sqlite
-  path: data/online_store.db
-"""
+def run(config: BuildConfig, build_dir: Path, repo_dir: Path) -> StageResult:
+    """Write the repository from the build's user and item tables, apply it and load every row online.
 
-
-def redis_connection_string(url: str) -> str:
-    """Feast's Redis ``connection_string`` (``host:port,db=N[,password=P]``) of a ``redis://`` URL.
-
-    Raises:
-        ConfigError: if the URL is not ``redis://[:password@]host:port[/db]``.
+    Args:
+        config: ``online_store`` and ``redis_url`` are used.
+        build_dir: build folder holding ``user_features.parquet`` and ``item_features.parquet``.
+        repo_dir: folder to write the repository into.
     """
-    from urllib.parse import urlparse
-
-    parsed = urlparse(url)
-    try:
-        port = parsed.port
-    except ValueError:
-        port = None
-    if parsed.scheme != "redis" or not parsed.hostname or port is None:
-        raise ConfigError(f"redis_url: got {url!r}, expected redis://[:password@]host:port[/db]")
-    db = parsed.path.strip("/") or "0"
-    if not db.isdigit():
-        raise ConfigError(f"redis_url: database {db!r} in {url!r} is not a number")
-    parts = [f"{parsed.hostname}:{port}", f"db={db}"] + ([f"password={parsed.password}"] if parsed.password else [])
-    return ",".join(parts)
+    users = pd.read_parquet(build_dir / C.USER_FEATURES_FILE)
+    items = pd.read_parquet(build_dir / C.ITEM_FEATURES_FILE)
+    stamp = datetime.now(timezone.utc).replace(microsecond=0)
+    write_repo(repo_dir, users, items, stamp, config.online_store, config.redis_url)
+    apply_repo(repo_dir)
+    materialize_repo(repo_dir, stamp)
+    summary = {"online_store": config.online_store, "users": len(users), "items": len(items), "event_time": stamp}
+    return StageResult([repo_dir], summary)
 
 
 def check_redis(url: str, timeout: float = 5.0) -> None:
@@ -75,10 +76,20 @@ def check_redis(url: str, timeout: float = 5.0) -> None:
 def online_store_yaml(kind: str = "sqlite", redis_url: str | None = None) -> str:
     """The ``online_store`` block of ``feature_store.yaml``."""
     if kind == "sqlite":
-        return SQLITE_STORE
+        return f"online_store:\n  type: sqlite\n  path: {C.FEAST_SQLITE_STORE}"
     if kind == "redis":
-        return f'online_store:\n  type: redis\n  connection_string: "{redis_connection_string(redis_url or "")}"\n'
+        return f'online_store:\n  type: redis\n  connection_string: "{redis_connection_string(redis_url or "")}"'
     raise ConfigError(f"online_store: got {kind!r}, expected sqlite or redis")
+
+
+def render_template(name: str, online_store: str = "sqlite", redis_url: str | None = None) -> str:
+    """One file of the packaged repository template with its ``${...}`` placeholders filled.
+
+    Raises:
+        KeyError: if the template uses a placeholder this module does not fill (a packaging bug).
+    """
+    text = (resources.files("build_ensemble") / "templates" / "feature_repo" / name).read_text()
+    return Template(text).substitute(TEMPLATE_NAMES, online_store=online_store_yaml(online_store, redis_url))
 
 
 def write_repo(
@@ -98,22 +109,21 @@ def write_repo(
         timestamp: tz-aware event time given to every row.
         online_store: ``sqlite`` or ``redis``.
         redis_url: ``redis://host:port/db`` with ``online_store="redis"``.
+
+    Raises:
+        ValueError: if ``timestamp`` is naive.
     """
     if timestamp.tzinfo is None:
         raise ValueError("timestamp must be timezone-aware (Feast assumes naive times are UTC)")
     repo = Path(repo_dir)
-    template = resources.files("build_ensemble") / "templates" / "feature_repo"
     repo.mkdir(parents=True, exist_ok=True)
     for name in TEMPLATE_FILES:
-        text = (template / name).read_text()
-        if name == "feature_store.yaml":
-            text = text.replace(SQLITE_STORE, online_store_yaml(online_store, redis_url))
-        (repo / name).write_text(text)
+        (repo / name).write_text(render_template(name, online_store, redis_url))
     data_dir = repo / "data"
     if data_dir.exists():
         shutil.rmtree(data_dir)
     data_dir.mkdir()
-    for table, source in ((users, USER_SOURCE), (items, ITEM_SOURCE)):
+    for table, source in ((users, C.FEAST_USER_SOURCE), (items, C.FEAST_ITEM_SOURCE)):
         table = table.copy()
         for column in table.columns:
             if pd.api.types.is_integer_dtype(table[column].dtype):
@@ -132,13 +142,12 @@ def apply_repo(repo_dir: str | Path) -> None:
     """
     import importlib.util
 
-    from feast import Entity, FeatureService, FeatureView
-
+    feast = feast_module()
     repo = Path(repo_dir).resolve()
     spec = importlib.util.spec_from_file_location(f"_feast_definitions_{abs(hash(repo))}", repo / "features.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    kinds = (Entity, FeatureView, FeatureService)
+    kinds = (feast.Entity, feast.FeatureView, feast.FeatureService)
     objects = [value for value in vars(module).values() if isinstance(value, kinds)]
     with contextlib.chdir(repo):
         open_store(repo, require_registry=False).apply(objects)
@@ -149,6 +158,9 @@ def materialize_repo(repo_dir: str | Path, timestamp: datetime) -> None:
 
     An explicit range around the rows' event time is used, so no row is skipped whatever
     the TTL (``materialize-incremental`` would start at now - ttl).
+
+    Raises:
+        ConfigError: if the online store cannot be reached.
     """
     repo = Path(repo_dir).resolve()
     with contextlib.chdir(repo):
@@ -160,126 +172,3 @@ def materialize_repo(repo_dir: str | Path, timestamp: datetime) -> None:
                 raise
             raise ConfigError(f"online store ({store.config.online_store.type}) of {repo} is unreachable: {exc}") from None
 
-
-def open_store(repo_dir: str | Path, require_registry: bool = True):
-    """Open the feature store of a repository written by the build.
-
-    Raises:
-        ArtifactNotFoundError: if the repository or (with ``require_registry``) its registry is missing.
-    """
-    from feast import FeatureStore
-
-    repo = Path(repo_dir)
-    required = ("feature_store.yaml", "data/registry.db") if require_registry else ("feature_store.yaml",)
-    for required in required:
-        if not (repo / required).exists():
-            raise ArtifactNotFoundError(
-                f"feature repository {repo}: {required} is missing; run `build-ensemble build` "
-                f"(or `feast apply` and `feast materialize` inside it)"
-            )
-    return FeatureStore(repo_path=str(repo))
-
-
-def view_features(store, view: str) -> list[str]:
-    """Feature names of a feature view, in registry order."""
-    return [f.name for f in store.get_feature_view(view).features]
-
-
-class OnlineReader:
-    """Reads one feature view's online features by entity id, selected by name.
-
-    Goes through the online store's ``online_read`` (the interface every Feast online store
-    implements) with the feature view resolved once, rather than ``get_online_features``,
-    whose per-call request handling and registry lookups cost over ten times more for one
-    entity; tests hold the two equal.
-
-    Args:
-        store: the feature store.
-        view: feature view name.
-        entity: join key (``user_id`` or ``item_id``).
-        features: feature names to read.
-    """
-
-    def __init__(self, store, view: str, entity: str, features: list[str]):
-        self.table = store.get_feature_view(view)
-        self.provider = store._get_provider()
-        self.config = store.config
-        self.entity = entity
-        self.features = list(features)
-
-    def check(self) -> None:
-        """Fail fast when the online store cannot answer (missing or corrupt SQLite file,
-        unreachable Redis), so a model does not load only to fail every request.
-
-        Raises:
-            ArtifactNotFoundError: naming the store and the problem.
-        """
-        online = self.config.online_store
-        if online.type == "sqlite":
-            path = Path(online.path)
-            path = path if path.is_absolute() else Path(self.config.repo_path) / path
-            if not path.exists():
-                raise ArtifactNotFoundError(
-                    f"online store {path} is missing: run `build-ensemble build`, or `feast materialize` in {self.config.repo_path}"
-                )
-        try:
-            self.read(np.zeros(1, dtype=np.int64))
-        except Exception as exc:  # noqa: BLE001  whatever the store raises, say which store and why
-            raise ArtifactNotFoundError(
-                f"online store ({online.type}) of {self.config.repo_path} cannot be read: {type(exc).__name__}: {exc}"
-            ) from None
-
-    def read(self, ids: np.ndarray) -> tuple[dict, np.ndarray]:
-        """Features of ``ids``.
-
-        Args:
-            ids: ``[n]`` int64 raw ids.
-
-        Returns:
-            ``({feature: [n] object array}, found)`` where ``found`` is ``[n]`` bool: False
-            where the store has no row for the id (every feature is None). A missing single
-            feature is None too; the workflow's Categorify maps it to its null index.
-        """
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-        from feast.type_map import feast_value_type_to_python_type
-
-        keys = [EntityKey(join_keys=[self.entity], entity_values=[Value(int64_val=int(i))]) for i in ids]
-        # A copy: Feast's Redis store appends its timestamp key to the list it is given, which
-        # grew our list by one per call (latency rose with every request).
-        rows = self.provider.online_read(
-            config=self.config, table=self.table, entity_keys=keys, requested_features=list(self.features)
-        )
-        columns = {name: np.full(len(keys), None, dtype=object) for name in self.features}
-        found = np.zeros(len(keys), dtype=bool)
-        for number, (_, values) in enumerate(rows):
-            for name, value in (values or {}).items():
-                if name in columns:
-                    decoded = feast_value_type_to_python_type(value)
-                    columns[name][number] = decoded
-                    found[number] |= decoded is not None
-        return columns, found
-
-
-def read_online(store, view: str, entity: str, ids: np.ndarray, features: list[str]) -> tuple[dict, np.ndarray]:
-    """One-off read of :class:`OnlineReader` (see there)."""
-    return OnlineReader(store, view, entity, features).read(ids)
-
-
-def _objects(values: list) -> np.ndarray:
-    """A 1-d object array of the values (list values stay elements)."""
-    out = np.empty(len(values), dtype=object)
-    for number, value in enumerate(values):
-        out[number] = value
-    return out
-
-
-def read_online_reference(store, view: str, entity: str, ids: np.ndarray, features: list[str]) -> tuple[dict, np.ndarray]:
-    """The same read through Feast's public ``get_online_features`` (the reference for tests)."""
-    rows = [{entity: int(i)} for i in ids]
-    values = store.get_online_features(features=[f"{view}:{name}" for name in features], entity_rows=rows).to_dict()
-    columns = {name: _objects(values[name]) for name in features}
-    found = np.zeros(len(rows), dtype=bool)
-    for column in columns.values():
-        found |= np.array([v is not None for v in column], dtype=bool)
-    return columns, found

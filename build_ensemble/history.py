@@ -19,7 +19,7 @@ import shutil
 import pandas as pd
 
 from build_ensemble import constants as C
-from build_ensemble.data import SPLIT_NAMES, DataSpec, PreparedData
+from build_ensemble.prepared import SPLIT_NAMES, DataSpec, PreparedData
 from build_ensemble.errors import DataError
 
 NO_ITEM = -1

@@ -10,57 +10,51 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from build_ensemble import constants as C
+from build_ensemble.artifacts import StageResult, item_popularity, read_embeddings
+from build_ensemble.config import BuildConfig
+from build_ensemble.prepared import PreparedData
+from build_ensemble.serving.index import INDEX_FILE, INFO_FILE, POPULAR_FILE, IndexInfo, ItemIndex, gpu_count, set_search_params
+
 logger = logging.getLogger(__name__)
 
 EXACT_MAX_ITEMS = 50_000
 TARGET_RECALL = 0.95
-INDEX_FILE = "items.faiss"
-INFO_FILE = "index.json"
+INDEX_QUERIES = 1000  # user vectors the search parameter is tuned on
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 IVF_TRAIN_POINTS_PER_LIST = 64
 
 
-@dataclass
-class IndexInfo:
-    """What was built and how well it does.
+def run(config: BuildConfig, build_dir: Path, out_dir: Path | None = None) -> StageResult:
+    """Index the build's item embeddings (``config.index``, tuned for ``config.top_k``) and
+    write the popular items the fallback serves.
 
-    Attributes:
-        kind: ``flat``, ``ivf`` or ``hnsw``.
-        items: number of indexed items.
-        dim: embedding size.
-        params: structural and search parameters (``nlist``, ``nprobe``, ``M``, ``efSearch``).
-        recall_at_k: mean recall@k against exact search over ``queries`` real user vectors.
-        k: the k of that recall.
-        queries: number of user vectors measured.
-        gpu: whether faiss saw a GPU.
-        recall_at_k_item_queries: the same with item vectors as queries. User vectors of a
-            weak model can all point one way, which makes any index look exact; item vectors
-            spread over the whole catalog, so the search parameter must satisfy both.
+    Args:
+        config: ``index``, ``top_k`` and ``seed`` are used.
+        build_dir: build folder holding the embeddings and the training split.
+        out_dir: where to write (default: ``build_dir/index``).
     """
+    out_dir = out_dir or build_dir / C.INDEX_DIR
+    user_ids, users = read_embeddings(build_dir / C.USER_EMBEDDINGS_FILE, C.USER_ID)
+    item_ids, items = read_embeddings(build_dir / C.ITEM_EMBEDDINGS_FILE, C.ITEM_ID)
+    sample = np.random.default_rng(config.seed).permutation(len(users))[:INDEX_QUERIES]
+    index = build_index(items, item_ids, users[np.sort(sample)], config.index, config.top_k, seed=config.seed)
+    save_index(index, out_dir)
+    train = PreparedData.load(build_dir).read_split("train", [C.ITEM_ID, C.CLICK])
+    item_popularity(train, item_ids).head(C.MAX_K).to_parquet(out_dir / POPULAR_FILE, index=False)
+    return StageResult([out_dir], {"index": asdict(index.info)})
 
-    kind: str
-    items: int
-    dim: int
-    params: dict = field(default_factory=dict)
-    recall_at_k: float = 1.0
-    k: int = 10
-    queries: int = 0
-    gpu: bool = False
-    recall_at_k_item_queries: float | None = None
 
-
-def gpu_count() -> int:
-    """GPUs visible to faiss (0 with faiss-cpu)."""
-    import faiss
-
-    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+def satisfies(info: dict, kind: str, top_k: int) -> bool:
+    """Whether an index (its ``index.json``) is of the requested kind and tuned for ``top_k``."""
+    return info["kind"] == choose_kind(kind, info["items"]) and info["k"] == min(top_k, info["items"])
 
 
 def choose_kind(requested: str, num_items: int) -> str:
@@ -75,45 +69,6 @@ def ivf_lists(num_items: int) -> int:
     target = 4 * math.sqrt(num_items)
     nlist = 2 ** max(0, round(math.log2(target)))
     return int(max(1, min(nlist, num_items // 39)))
-
-
-class ItemIndex:
-    """A faiss index over item embeddings, searched by inner product.
-
-    IVF partitions and HNSW graphs built on inner products serve maximum-inner-product search
-    poorly (measured: IVF recall@10 of 0.10 at nprobe 128 on item-vector queries over 1M
-    items). So ``ivf`` and ``hnsw`` store the items with one extra coordinate
-    ``sqrt(max_norm^2 - |x|^2)`` and search by L2: the nearest item of ``[q, 0]`` is the one
-    with the largest ``q . x`` (0.99 at nprobe 128 on the same data), and the score is
-    recovered exactly from the distance.
-
-    Args:
-        index: the faiss index (ids are raw item ids).
-        info: how it was built, with its search parameters.
-    """
-
-    def __init__(self, index, info: IndexInfo):
-        self.index = index
-        self.info = info
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k items of each query.
-
-        Args:
-            queries: ``[n, dim]`` float32.
-            k: items per query.
-
-        Returns:
-            ``([n, k] float32 inner products, [n, k] int64 raw ids)``; id -1 marks an empty slot.
-        """
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        max_norm = self.info.params.get("max_norm")
-        if max_norm is None:
-            return self.index.search(queries, k)
-        augmented = np.hstack([queries, np.zeros((len(queries), 1), dtype=np.float32)])
-        distances, ids = self.index.search(augmented, k)
-        scores = ((queries * queries).sum(axis=1, keepdims=True) + max_norm**2 - distances) / 2
-        return scores.astype(np.float32), ids
 
 
 def _augment(embeddings: np.ndarray) -> tuple[np.ndarray, float]:
@@ -150,17 +105,6 @@ def _make_index(kind: str, embeddings: np.ndarray, ids: np.ndarray, seed: int):
         raise ValueError(f"index kind must be flat, ivf or hnsw, got {kind!r}")
     index.add_with_ids(embeddings, ids)
     return index, params
-
-
-def set_search_params(index, params: dict) -> None:
-    """Apply ``nprobe`` / ``efSearch`` to an index built by :func:`build_index`."""
-    import faiss
-
-    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
-    if "nprobe" in params:
-        inner.nprobe = int(params["nprobe"])
-    if "efSearch" in params:
-        inner.hnsw.efSearch = int(params["efSearch"])
 
 
 @dataclass
@@ -265,17 +209,3 @@ def save_index(index: ItemIndex, folder: str | Path) -> Path:
     faiss.write_index(index.index, str(folder / INDEX_FILE))
     (folder / INFO_FILE).write_text(json.dumps(asdict(index.info), indent=2))
     return folder
-
-
-def load_index(folder: str | Path, use_gpu: bool | None = None) -> ItemIndex:
-    """Read an index saved by :func:`save_index`, on the GPU when faiss sees one (flat, IVF)."""
-    import faiss
-
-    folder = Path(folder)
-    info = IndexInfo(**json.loads((folder / INFO_FILE).read_text()))
-    raw = faiss.read_index(str(folder / INDEX_FILE))
-    set_search_params(raw, info.params)
-    use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
-    if use_gpu and info.kind != "hnsw":  # faiss has no GPU HNSW
-        raw = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, raw)
-    return ItemIndex(raw, info)

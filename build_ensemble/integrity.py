@@ -5,7 +5,9 @@ Triton loads them. Each version folder the build writes gets a ``manifest.json``
 build's manifest plus the SHA-256 of every file of that folder. ``verify_repository``
 refuses a version whose files differ from it, lack one, or have an extra one.
 ``__pycache__`` folders are left out: the Python backend writes one next to ``model.py``
-when it imports it.
+when it imports it. The manifest also records the repository format: a version of another
+format (its graph pickles operators under module paths this package no longer has) is
+refused with one line saying to re-export it.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import json
 from pathlib import Path
 
 from build_ensemble import constants as C
+from build_ensemble.artifacts import file_checksums, write_json
 from build_ensemble.errors import IntegrityError
-from build_ensemble.export import file_checksums, write_json
 
 CHECKSUMS_KEY = "repository_checksums"
+FORMAT_KEY = "repository_format"
 
 
 def version_folders(repository: Path) -> list:
@@ -37,8 +40,9 @@ def folder_checksums(folder: Path) -> dict:
 
 
 def write_version_manifest(folder: Path, manifest: dict) -> Path:
-    """Write ``<folder>/manifest.json``: ``manifest`` with the checksums of the folder's files."""
-    return write_json(folder / C.MANIFEST_FILE, {**manifest, CHECKSUMS_KEY: folder_checksums(folder)})
+    """Write ``<folder>/manifest.json``: ``manifest`` with the format and the checksums of the folder's files."""
+    values = {**manifest, FORMAT_KEY: C.REPOSITORY_FORMAT, CHECKSUMS_KEY: folder_checksums(folder)}
+    return write_json(folder / C.MANIFEST_FILE, values)
 
 
 def verify_version(folder: Path) -> None:
@@ -54,9 +58,16 @@ def verify_version(folder: Path) -> None:
             f"(serve it anyway with --no-verify only if you trust its origin)"
         )
     try:
-        expected = json.loads(path.read_text())[CHECKSUMS_KEY]
+        manifest = json.loads(path.read_text())
+        expected = manifest[CHECKSUMS_KEY]
     except (ValueError, KeyError, TypeError):
         raise IntegrityError(f"{path} is unreadable or has no {CHECKSUMS_KEY}") from None
+    if manifest.get(FORMAT_KEY) != C.REPOSITORY_FORMAT:
+        raise IntegrityError(
+            f"{folder} was exported by another build-ensemble (repository format {manifest.get(FORMAT_KEY, 1)}, "
+            f"this one serves {C.REPOSITORY_FORMAT}): re-export it with "
+            f"`build-ensemble export --out BUILD --repository {folder.parent.parent}` or rebuild it"
+        )
     actual = folder_checksums(folder)
     for name in sorted(set(expected) | set(actual)):
         if name not in actual:

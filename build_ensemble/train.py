@@ -1,4 +1,4 @@
-"""The Two-Tower model (Merlin Models, TensorFlow): build, train with early stopping, embed, save."""
+"""Build stage: the Two-Tower model (Merlin Models, TensorFlow): build, train with early stopping, embed, save."""
 
 from __future__ import annotations
 
@@ -12,12 +12,91 @@ import numpy as np
 import pandas as pd
 
 from build_ensemble import constants as C
+from build_ensemble import evaluate as ev
+from build_ensemble.artifacts import StageResult, plot_history, write_embeddings, write_json
 from build_ensemble.config import BuildConfig
-from build_ensemble.data import read_parts
+from build_ensemble.prepared import PreparedData, read_parts
+from build_ensemble.progress import Reporter
 
 logger = logging.getLogger(__name__)
 
 EMBED_BATCH_SIZE = 4096
+MONITOR = "valid_ndcg@10"  # early stopping maximises it
+
+
+def run(config: BuildConfig, build_dir: Path, reporter: Reporter) -> StageResult:
+    """Train on the transformed training split, then write the towers, the NumPy query tower
+    (when it reproduces TensorFlow), the user and item embeddings and the training history.
+
+    Args:
+        config: model, optimizer and early-stopping options.
+        build_dir: build folder after the workflow stage.
+        reporter: receives each epoch's record and per-batch progress.
+    """
+    from build_ensemble.tower import compile_tower
+
+    data = PreparedData.load(build_dir)
+    users, items = pd.read_parquet(data.users), pd.read_parquet(data.items)
+    result, user_vectors, item_vectors, encoded_users = train_and_embed(config, data, users, items, reporter)
+    query_dir, item_dir = save_towers(result.model, build_dir)
+    inputs = {c: encoded_users[c].to_numpy() for c in encoded_users.columns}
+    tower = compile_tower(result.model.query_encoder, inputs, user_vectors, build_dir / C.COMPILED_TOWER_DIR)
+    embeddings = [
+        write_embeddings(build_dir / C.USER_EMBEDDINGS_FILE, C.USER_ID, users[C.USER_ID], user_vectors),
+        write_embeddings(build_dir / C.ITEM_EMBEDDINGS_FILE, C.ITEM_ID, items[C.ITEM_ID], item_vectors),
+    ]
+    history = write_json(build_dir / C.HISTORY_FILE, {"history": result.history, "best_epoch": result.best_epoch})
+    plot = plot_history(result.history, build_dir / C.LOSS_PLOT_FILE, MONITOR)
+    training = {"best_epoch": result.best_epoch, "examples_per_second": round(result.examples_per_second, 1)}
+    wrote = [query_dir, item_dir, *embeddings, history, plot]
+    if tower["runtime"] == "numpy":
+        wrote.append(build_dir / C.COMPILED_TOWER_DIR)
+    return StageResult(wrote, {"training": training, "query_tower": tower})
+
+
+def train_and_embed(config: BuildConfig, data: PreparedData, users: pd.DataFrame, items: pd.DataFrame, reporter: Reporter):
+    """Train with per-epoch full-catalog validation.
+
+    Args:
+        config: build configuration.
+        data: prepared data of a build folder whose workflow stage ran.
+        users: raw user table (``data.users``); embeddings follow its row order.
+        items: raw item table (``data.items``); embeddings follow its row order.
+        reporter: receives each epoch's record and per-batch progress.
+
+    Returns:
+        ``(TrainResult, [num_users, dim] user vectors, [num_items, dim] item vectors, encoded users)``,
+        rows in the order of ``users`` and ``items``.
+    """
+    from build_ensemble.workflow import ITEM_SUBGRAPH, USER_SUBGRAPH, encode, load_workflow, transformed_dir
+
+    workflow = load_workflow(data.root / C.WORKFLOW_DIR)
+    user_schema = workflow.get_subworkflow(USER_SUBGRAPH).output_schema
+    item_schema = workflow.get_subworkflow(ITEM_SUBGRAPH).output_schema
+    encoded_users = encode(workflow, USER_SUBGRAPH, users)
+    # History features change with time: validation scores the users as they were before it.
+    validation_users = encoded_users
+    if data.spec.history_features:
+        validation_users = encode(workflow, USER_SUBGRAPH, pd.read_parquet(data.validation_users))
+    encoded_items = encode(workflow, ITEM_SUBGRAPH, items)
+    catalog = ev.Catalog(users[C.USER_ID].to_numpy(), items[C.ITEM_ID].to_numpy())
+    columns = [C.USER_ID, C.ITEM_ID, C.CLICK]
+    train = catalog.matrix(data.read_split("train", columns))
+    valid = catalog.matrix(data.read_split("valid", columns))
+    exclude = train if config.exclude_seen else None
+
+    def validate(model) -> dict:
+        user_vectors = embed(model.query_encoder, validation_users, user_schema)
+        item_vectors = embed(model.candidate_encoder, encoded_items, item_schema)
+        scorer = ev.dot_scorer(user_vectors, item_vectors)
+        result = ev.evaluate(scorer, valid, [10], exclude=exclude, max_users=config.eval_users, seed=config.seed)
+        return {f"valid_{k}": v for k, v in result.items() if k != "users"}
+
+    train_dir = transformed_dir(data.root, "train")
+    result = train_model(config, train_dir, validate, MONITOR, reporter.epoch, reporter.batches)
+    user_vectors = embed(result.model.query_encoder, encoded_users, user_schema)
+    item_vectors = embed(result.model.candidate_encoder, encoded_items, item_schema)
+    return result, user_vectors, item_vectors, encoded_users
 
 
 @dataclass

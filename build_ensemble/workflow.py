@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 
 from build_ensemble import constants as C
-from build_ensemble.data import DataSpec, PreparedData
+from build_ensemble.artifacts import StageResult
+from build_ensemble.config import BuildConfig
+from build_ensemble.prepared import DataSpec, PreparedData
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +26,30 @@ USER_SUBGRAPH = "user"
 ITEM_SUBGRAPH = "item"
 WORKER_PRELOAD = "build_ensemble.dask_worker"  # keeps TensorFlow out of ETL workers
 JOINED_ROW_GROUP_ROWS = 200_000  # about 14 MB of joined synthetic Ali-CCP rows in memory
+WORK_DIR = ".work"  # scratch of the build folder (joined and transformed parts), removed at publish
+
+
+def run(config: BuildConfig, build_dir: Path) -> StageResult:
+    """Fit the workflow on the training split of ``build_dir`` and transform train and valid.
+
+    Args:
+        config: ``seed`` (training-row shuffle) and the Dask options are used.
+        build_dir: build folder holding the prepared data; receives ``workflow/`` and the
+            transformed parts under ``.work/transformed/``.
+    """
+    dask = DaskSettings.from_config(config, build_dir / WORK_DIR / "dask")
+    out = fit_workflow(PreparedData.load(build_dir), build_dir, build_dir / WORK_DIR, config.seed, dask)
+    summary = {"workers": dask.workers, "scheduler": dask.scheduler, "part_size": dask.part_size}
+    return StageResult([out.workflow_dir, out.train_dir, out.valid_dir], {"workflow": summary})
+
+
+def transformed_dir(build_dir: Path, split: str) -> Path:
+    """Where :func:`run` wrote the transformed parts of ``split`` (``train`` or ``valid``)."""
+    return _transformed(build_dir / WORK_DIR, split)
+
+
+def _transformed(work_dir: Path, split: str) -> Path:
+    return work_dir / "transformed" / split
 
 
 @dataclass
@@ -126,6 +152,12 @@ class DaskSettings:
     spill_dir: str | None = None
     part_size: str = "128MB"
 
+    @classmethod
+    def from_config(cls, config: BuildConfig, spill_dir: Path) -> "DaskSettings":
+        """The settings of a build configuration, spilling to ``spill_dir``."""
+        return cls(workers=config.workers, scheduler=config.dask_scheduler, worker_memory=config.worker_memory,
+                   spill_dir=str(spill_dir), part_size=config.part_size)
+
 
 @contextmanager
 def dask_cluster(settings: DaskSettings | None):
@@ -200,7 +232,7 @@ def fit_workflow(
             shutil.rmtree(workflow_dir)
         workflow.save(str(workflow_dir))
         for split, dataset in datasets.items():
-            out[split] = work_dir / "transformed" / split
+            out[split] = _transformed(work_dir, split)
             workflow.transform(dataset).to_parquet(str(out[split]), output_files=max(1, dataset.npartitions))
     return TransformedData(workflow_dir, out["train"], out["valid"])
 

@@ -29,8 +29,9 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import pandas as pd  # noqa: E402
 
-from build_ensemble.aliccp import prepare_aliccp  # noqa: E402
 from build_ensemble.config import make_config  # noqa: E402
+from build_ensemble.datasets import synthetic  # noqa: E402
+from build_ensemble.progress import Reporter  # noqa: E402
 from build_ensemble.workflow import DaskSettings, dask_cluster, fit_workflow  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +85,7 @@ def main() -> None:
         root = Path(tmp)
         config = make_config(overrides={"rows": args.rows, "workers": args.workers, "worker_memory": args.worker_memory})
         start = time.perf_counter()
-        data = prepare_aliccp(config, root)
+        data = synthetic.prepare(config, root, Reporter())
         generate_seconds = time.perf_counter() - start
         raw_bytes = sum(p.stat().st_size for p in root.rglob("*.parquet"))
         settings = DaskSettings(args.workers, None, args.worker_memory, str(root / "dask"), args.part_size)

@@ -29,6 +29,7 @@ import pandas as pd
 
 from build_ensemble import constants as C
 from build_ensemble import feature_store as fs
+from build_ensemble.serving.online_store import OnlineReader, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +66,7 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen, int]:
     raise RuntimeError("redis-server did not start")
 
 
-def latency_ms(reader: fs.OnlineReader, users: int, batch: int, repeats: int, seed: int = 1) -> dict:
+def latency_ms(reader: OnlineReader, users: int, batch: int, repeats: int, seed: int = 1) -> dict:
     rng = np.random.default_rng(seed)
     reader.read(np.arange(batch, dtype=np.int64))  # warm-up
     times = []
@@ -85,7 +86,7 @@ def measure(kind: str, folder: Path, users: pd.DataFrame, items: pd.DataFrame, r
     fs.materialize_repo(repo, stamp)
     seconds = time.perf_counter() - start
     features = [c for c in users.columns if c != C.USER_ID]
-    reader = fs.OnlineReader(fs.open_store(repo), C.USER_VIEW, C.USER_ID, features)
+    reader = OnlineReader(open_store(repo), C.USER_VIEW, C.USER_ID, features)
     row = {"store": kind, "users": len(users), "materialize_s": round(seconds, 2),
            "rows_per_s": round((len(users) + len(items)) / seconds)}
     for batch in (1, 32):

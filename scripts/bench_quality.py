@@ -35,18 +35,21 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import pandas as pd  # noqa: E402
 
 from build_ensemble import constants as C  # noqa: E402
+from build_ensemble import data as data_stage  # noqa: E402
 from build_ensemble import evaluate as ev  # noqa: E402
+from build_ensemble import workflow as workflow_stage  # noqa: E402
 from build_ensemble.config import MODEL_DEFAULTS, SPLIT_DEFAULTS, make_config  # noqa: E402
-from build_ensemble.pipeline import Reporter, prepare_data, test_metrics, train_and_embed  # noqa: E402
-from build_ensemble.train import embed  # noqa: E402
-from build_ensemble.workflow import USER_SUBGRAPH, encode, fit_workflow, load_workflow  # noqa: E402
+from build_ensemble.prepared import PreparedData  # noqa: E402
+from build_ensemble.progress import Reporter  # noqa: E402
+from build_ensemble.train import embed, train_and_embed  # noqa: E402
+from build_ensemble.workflow import USER_SUBGRAPH, encode, load_workflow  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"two_tower": {}, "mf": {"model": "mf"}}
 REFERENCE = {"model": "BPR (RecBole docs, 64-d, random split)", "recall@10": 0.2523, "ndcg@10": 0.2920}
 
 
-def _one_thread_each() -> None:
+def one_thread_each() -> None:
     """Worker set-up: two single-threaded TensorFlow processes use 2 cores better than one with two threads."""
     import tensorflow as tf
 
@@ -59,36 +62,36 @@ def prepare(split: str, seed: int, folder: Path) -> tuple:
     does not read) and fit the workflow; returns what `train_and_test` needs."""
     folder.mkdir(parents=True)
     config = make_config(overrides={"dataset": "movielens-100k", "split": split, "seed": seed})
-    data = prepare_data(config, folder, Reporter())
-    transformed = fit_workflow(data, folder, folder / ".work", seed)
-    users, items = pd.read_parquet(data.users), pd.read_parquet(data.items)
-    return data, transformed, users, items
+    data_stage.run(config, folder, Reporter())
+    workflow_stage.run(config, folder)
+    data = PreparedData.load(folder)
+    return data, pd.read_parquet(data.users), pd.read_parquet(data.items)
 
 
 def train_and_test(prepared: tuple, split: str, seed: int, overrides: dict) -> tuple[dict, object, dict]:
     """Train with the MovieLens defaults plus ``overrides``; returns (test metrics, TrainResult, most-popular metrics)."""
-    data, transformed, users, items = prepared
+    data, users, items = prepared
     config = make_config(overrides={"dataset": "movielens-100k", "split": split, "seed": seed, **overrides})
     catalog = ev.Catalog(users[C.USER_ID].to_numpy(), items[C.ITEM_ID].to_numpy())
     start = time.perf_counter()
-    result, user_vectors, item_vectors, _ = train_and_embed(config, data, transformed, users, items, Reporter())
+    result, user_vectors, item_vectors, _ = train_and_embed(config, data, users, items, Reporter())
     seconds = time.perf_counter() - start
-    metrics = test_metrics(data, catalog, user_vectors, item_vectors, [10], exclude_seen=True, seed=seed)
+    metrics = ev.score_embeddings(data, catalog, user_vectors, item_vectors, [10], exclude_seen=True, seed=seed)
     row = {**metrics["two_tower"], "train_seconds": round(seconds, 1), "best_epoch": result.best_epoch}
     if config.recent_items:
-        frozen = frozen_history_metrics(data, transformed, catalog, result.model, item_vectors, seed)
+        frozen = frozen_history_metrics(data, catalog, result.model, item_vectors, seed)
         row.update({f"frozen_{k}": v for k, v in frozen.items()})
     return row, result, metrics["most_popular"]
 
 
-def frozen_history_metrics(data, transformed, catalog, model, item_vectors, seed: int) -> dict:
+def frozen_history_metrics(data, catalog, model, item_vectors, seed: int) -> dict:
     """Test metrics with the recent items frozen at the end of training, as validation saw them
     (the stricter reading: validation interactions not yet known to the query)."""
-    workflow = load_workflow(transformed.workflow_dir)
+    workflow = load_workflow(data.root / C.WORKFLOW_DIR)
     schema = workflow.get_subworkflow(USER_SUBGRAPH).output_schema
     users = encode(workflow, USER_SUBGRAPH, pd.read_parquet(data.validation_users))
     vectors = embed(model.query_encoder, users, schema)
-    return test_metrics(data, catalog, vectors, item_vectors, [10], exclude_seen=True, seed=seed)["two_tower"]
+    return ev.score_embeddings(data, catalog, vectors, item_vectors, [10], exclude_seen=True, seed=seed)["two_tower"]
 
 
 def run_seed(split: str, seed: int, models: list, workdir: Path) -> tuple[list, dict]:
@@ -154,7 +157,7 @@ def main() -> None:
         tasks.append(("random", args.repeat_seed, args.models[:1]))
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_one_thread_each) as pool:
+                                 initializer=one_thread_each) as pool:
             futures = [pool.submit(run_seed, split, seed, models, Path(tmp) / str(n))
                        for n, (split, seed, models) in enumerate(tasks)]
             results = [f.result() for f in futures]

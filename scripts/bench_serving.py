@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from build_ensemble import constants as C  # noqa: E402
 from build_ensemble import index as ix  # noqa: E402
-from build_ensemble import loadtest  # noqa: E402
-from build_ensemble.export import read_embeddings  # noqa: E402
-from build_ensemble.server import ServerSpec, TritonServer  # noqa: E402
+from build_ensemble.artifacts import read_embeddings  # noqa: E402
+from build_ensemble.loadtest import harness as loadtest  # noqa: E402
+from build_ensemble.server.launch import ServerSpec, TritonServer  # noqa: E402
 from stock_ensemble import export_stock  # noqa: E402
 
 SYSTEMS = {"ours": C.MODEL_NAME, "stock": "executor_model"}

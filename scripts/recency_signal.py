@@ -18,9 +18,9 @@ import pandas as pd
 
 from build_ensemble import constants as C
 from build_ensemble import evaluate as ev
-from build_ensemble.data import split_per_user
+from build_ensemble.datasets.movielens import fetch_wheel, load_tables
 from build_ensemble.history import latest_items, recent_columns
-from build_ensemble.movielens import fetch_wheel, load_tables
+from build_ensemble.prepared import split_per_user
 
 
 def item_knn(catalog: ev.Catalog, train, history: pd.DataFrame, n: int | None) -> ev.Scorer:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench_quality import ROOT, _one_thread_each, prepare, train_and_test
+from bench_quality import ROOT, one_thread_each, prepare, train_and_test
 
 
 def run(name: str, overrides: dict, seed: int, workdir: Path) -> dict:
@@ -64,7 +64,7 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="search-quality-") as tmp:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_one_thread_each) as pool:
+                                 initializer=one_thread_each) as pool:
             futures = [pool.submit(run, name, overrides, seed, Path(tmp) / f"{n}-{seed}")
                        for n, (name, overrides) in enumerate(todo.items()) for seed in args.seeds]
             rows = kept + [f.result() for f in as_completed(futures)]

@@ -28,10 +28,11 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-from build_ensemble import loadtest  # noqa: E402
+from build_ensemble.loadtest import harness as loadtest  # noqa: E402
 from build_ensemble.config import make_config  # noqa: E402
 from build_ensemble.pipeline import build  # noqa: E402
-from build_ensemble.server import ServerSpec, TritonServer  # noqa: E402
+from build_ensemble.server.launch import ServerSpec  # noqa: E402
+from build_ensemble.server.supervise import SupervisedServer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GROWTH_LIMIT = 0.10
@@ -42,7 +43,7 @@ def soak(build_dir: Path, repository: Path, state: Path, minutes: int, concurren
                       metrics_port=18102, watchdog=True)
     ids = loadtest.UserIds(build_dir, unknown_share)
     rows = []
-    with TritonServer(spec) as server:
+    with SupervisedServer(spec) as server:
         for minute in range(1, minutes + 1):
             level = loadtest.run_level(spec.grpc_url, "grpc", ids, concurrency=concurrency, duration=60,
                                        server_pid=server.pid)

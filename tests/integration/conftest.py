@@ -4,7 +4,7 @@ import pytest
 
 from build_ensemble.config import make_config
 from build_ensemble.pipeline import build
-from build_ensemble.server import ServerSpec, TritonServer
+from build_ensemble.server.launch import ServerSpec, TritonServer
 
 from ..conftest import free_ports
 

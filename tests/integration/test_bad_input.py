@@ -44,7 +44,8 @@ CASES = {
     "k is negative": ([("user_id", _ids(3), "INT64"), ("k", _ids(-5), "INT64")], None, 400, ["'k' is -5"]),
     "k above the catalog": ([("user_id", _ids(3), "INT64"), ("k", _ids(100_000), "INT64")], None, 400, ["'k' is 100000", "between 1 and 1000"]),
     "k differs within a request": ([("user_id", _ids(3, 4), "INT64"), ("k", _ids(5, 6), "INT64")], None, 400, ["'k'", "one value"]),
-    "k with another batch size": ([("user_id", _ids(3, 4), "INT64"), ("k", _ids(5), "INT64")], None, 400, ["k"]),
+    "k with another batch size": ([("user_id", _ids(3, 4), "INT64"), ("k", _ids(5), "INT64")], None, 400,
+                                  ["batch size does not match other inputs"]),
     "unknown model": ([("user_id", _ids(3), "INT64")], ("nope", ""), 404, ["unknown model", "nope"]),
     "unknown version": ([("user_id", _ids(3), "INT64")], (C.MODEL_NAME, "7"), 404, ["unknown model", "version 7"]),
 }

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from build_ensemble import constants as C
-from build_ensemble import loadtest
+from build_ensemble.loadtest import harness as loadtest
 from build_ensemble.errors import ConfigError
 
 

@@ -15,7 +15,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from build_ensemble.client import RetrievalClient
-from build_ensemble.server import TritonServer
+from build_ensemble.server.launch import TritonServer
 
 from ..conftest import free_port
 from .conftest import server_spec
@@ -119,7 +119,7 @@ def test_repeated_reads_leave_the_reader_unchanged(redis_build):
     import numpy as np
 
     from build_ensemble import constants as C
-    from build_ensemble.feature_store import OnlineReader, open_store
+    from build_ensemble.serving.online_store import OnlineReader, open_store
 
     root, _ = redis_build
     store = open_store(root / "feature_repo")

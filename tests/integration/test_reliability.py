@@ -19,10 +19,11 @@ import pandas as pd
 import pytest
 
 from build_ensemble import constants as C
-from build_ensemble import loadtest
+from build_ensemble.loadtest import harness as loadtest
 from build_ensemble.client import RetrievalClient
 from build_ensemble.errors import IntegrityError, ServerError
-from build_ensemble.server import TritonServer, read_state
+from build_ensemble.server.launch import TritonServer
+from build_ensemble.server.state import read_state
 
 from .conftest import server_spec
 
@@ -97,7 +98,7 @@ def test_partly_missing_features_get_defaults_and_the_flag(movielens_build, tmp_
         (lambda repo: (repo / "data" / "online_store.db").unlink(), "online_store.db is missing"),
         (lambda repo: (repo / "data" / "online_store.db").write_bytes(b"not a database" * 100), "cannot be read"),
         (lambda repo: (repo / "data" / "registry.db").unlink(), "registry.db is missing"),
-        (lambda repo: (repo / "data" / "registry.db").write_bytes(b"\x00garbage"), "retrieval"),
+        (lambda repo: (repo / "data" / "registry.db").write_bytes(b"\x00garbage"), "cannot be read from the registry"),
     ],
     ids=["store missing", "store corrupt", "registry missing", "registry corrupt"],
 )

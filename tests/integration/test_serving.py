@@ -14,9 +14,9 @@ import pytest
 from build_ensemble import constants as C
 from build_ensemble.client import RetrievalClient
 from build_ensemble.config import make_config
-from build_ensemble.ensemble import export_repository
+from build_ensemble.export import export_repository
 from build_ensemble.pipeline import build
-from build_ensemble.server import TritonServer
+from build_ensemble.server.launch import TritonServer
 
 from .conftest import server_spec
 
@@ -27,12 +27,12 @@ def client(served, protocol):
     return RetrievalClient(served.grpc_url if protocol == "grpc" else served.http_url, protocol)
 
 
-def offline_top10(out: Path) -> dict:
-    """``{user: (item ids, scores)}``, the top-10 from a build's exported embeddings."""
+def offline_top10(out: Path, k: int = 10) -> dict:
+    """``{user: (item ids, scores)}``, the top-k from a build's exported embeddings."""
     users = pd.read_parquet(out / C.USER_EMBEDDINGS_FILE)
     items = pd.read_parquet(out / C.ITEM_EMBEDDINGS_FILE)
     scores = np.stack(users["embedding"]) @ np.stack(items["embedding"]).T
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     item_ids = items[C.ITEM_ID].to_numpy()
     return {
         int(u): (item_ids[order[row]], scores[row, order[row]]) for row, u in enumerate(users[C.USER_ID])
@@ -141,6 +141,30 @@ def test_tensorflow_backend_export_for_gpu_images(movielens_build, tmp_path):
     assert not (tmp_path / "repo" / C.MODEL_NAME / "1" / "ensemble" / "query_tower").exists()
 
 
+def test_export_writes_another_served_repository_from_the_same_build(movielens_build, tmp_path):
+    """`build-ensemble export`: a second repository with other options, no retraining, served."""
+    cli = str(Path(sys.executable).parent / "build-ensemble")
+    repository = tmp_path / "exported"
+    args = ["export", "--out", str(movielens_build.out), "--repository", str(repository), "--index", "hnsw",
+            "--top-k", "20", "--with-item-features", "--model-version", "0"]
+    done = subprocess.run([cli, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"model repository:  {repository.resolve()}  (version 1)" in done.stdout and "index:             hnsw" in done.stdout
+    manifest = json.loads((repository / C.MODEL_NAME / "1" / C.MANIFEST_FILE).read_text())
+    assert manifest["index"]["kind"] == "hnsw" and manifest["index"]["k"] == 20
+    assert manifest["index"]["recall_at_k"] >= 0.95 and manifest["index"]["recall_at_k_item_queries"] >= 0.95
+    assert manifest["options"]["top_k"] == 20 and manifest["exported_from"] == str(movielens_build.out.resolve())
+    assert manifest["metrics"] == movielens_build.metrics  # the build's model, not a new one
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".*index"))
+    offline = offline_top10(movielens_build.out, k=20)
+    users = sorted(offline)[::40]
+    with TritonServer(server_spec(repository, tmp_path / "state")) as server, RetrievalClient(server.spec.grpc_url) as c:
+        answers = c.recommend(users)
+    recall = np.mean([len(set(a.item_ids) & set(offline[u][0].tolist())) / 20 for u, a in zip(users, answers)])
+    assert all(len(a.item_ids) == 20 and set(a.item_features) >= {"genres", "title"} for a in answers)
+    assert recall >= 0.9, recall
+
+
 def test_cli_serve_recommend_stop(movielens_build, offline, tmp_path):
     cli = str(Path(sys.executable).parent / "build-ensemble")
     spec = server_spec(movielens_build.repository, tmp_path / "state")
@@ -164,7 +188,7 @@ def test_cli_serve_recommend_stop(movielens_build, offline, tmp_path):
 
 def test_item_features_of_each_candidate(movielens_build, offline, tmp_path):
     """--with-item-features: each candidate's item features come from the item_features view."""
-    from build_ensemble.ensemble import GraphSpec
+    from build_ensemble.export import GraphSpec
 
     manifest = json.loads((movielens_build.out / C.MANIFEST_FILE).read_text())
     spec = GraphSpec(**{**manifest["graph"], "with_item_features": True})

@@ -56,3 +56,34 @@ def test_flags_are_typed_by_their_field():
     args = make_parser().parse_args(["build", "--items", "1000", "--learning-rate", "0.01", "--query-tower", "32", "16",
                                      "--no-logq", "--id-embedding-dim", "8"])
     assert (args.items, args.learning_rate, args.query_tower, args.logq, args.id_embedding_dim) == (1000, 0.01, [32, 16], False, 8)
+
+
+def test_export_without_a_build_is_one_line(tmp_path, capsys):
+    assert main(["export", "--out", str(tmp_path / "none"), "--repository", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'none' / 'manifest.json'} is missing: is {tmp_path / 'none'} a finished build?"
+    assert not (tmp_path / "r").exists() and not (tmp_path / "r.partial").exists()
+
+
+def test_export_changes_only_repository_options(tmp_path):
+    import json
+
+    from build_ensemble.errors import ConfigError
+    from build_ensemble.pipeline import export_build
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"options": {}}))
+    with pytest.raises(ConfigError, match="export can change tower_backend, with_item_features, index, top_k, "
+                                          "model_version only, got epochs"):
+        export_build(tmp_path, tmp_path / "repo", overrides={"epochs": 3})
+
+
+def test_cli_defaults_come_from_the_dataclasses_that_own_them():
+    from build_ensemble import client
+    from build_ensemble.server.launch import ServerSpec
+
+    parser = make_parser()
+    serve = parser.parse_args(["serve"])
+    assert (serve.http_port, serve.grpc_port, serve.metrics_port, serve.state_dir, serve.watchdog) == (
+        ServerSpec.http_port, ServerSpec.grpc_port, ServerSpec.metrics_port, ServerSpec.state_dir, ServerSpec.watchdog)
+    assert parser.parse_args(["recommend", "--user-id", "1"]).timeout == client.DEFAULT_TIMEOUT
+    exported = parser.parse_args(["export"])
+    assert (exported.index, exported.top_k, exported.model_version) == (None, None, None)  # the build's own

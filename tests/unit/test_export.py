@@ -1,42 +1,72 @@
-import json
-
 import numpy as np
-import pandas as pd
 
 from build_ensemble import constants as C
-from build_ensemble import export
+from build_ensemble.export import GraphSpec, executor_config, make_ensemble, tensorflow_tower_config
+from build_ensemble.serving.ops import PredictQueryTower
+
+SPEC = GraphSpec(
+    tower_inputs=["age", "user_id"],
+    tower_output="output_1",
+    dim=64,
+    user_features={"age": "int64", "city": "str"},
+    item_features={"genres": "str", "year": "int64"},
+    top_k=7,
+)
 
 
-def test_embeddings_round_trip_keeps_raw_ids(tmp_path):
-    ids = np.array([2**40, 5, 17], dtype=np.int64)
-    vectors = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
-    path = export.write_embeddings(tmp_path / "e.parquet", C.ITEM_ID, ids, vectors)
-    got_ids, got = export.read_embeddings(path, C.ITEM_ID)
-    np.testing.assert_array_equal(got_ids, ids)
-    np.testing.assert_array_equal(got, vectors)
-    assert list(pd.read_parquet(path).columns) == [C.ITEM_ID, "embedding"]
+def test_constructing_the_graph_touches_nothing(tmp_path):
+    """No feature store, index or model is read or materialized when the graph is built."""
+    ensemble = make_ensemble(SPEC, tmp_path / "does-not-exist", "../feature_repo")
+    assert ensemble.input_schema.column_names == [C.USER_ID, C.INPUT_K]
+    assert ensemble.output_schema.column_names == [
+        C.OUTPUT_ITEM_IDS, C.OUTPUT_SCORES, C.OUTPUT_FALLBACK, C.OUTPUT_PARTIAL,
+    ]
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_item_popularity_counts_clicks_over_the_whole_catalog():
-    train = pd.DataFrame({C.ITEM_ID: [7, 7, 9, 9, 9, 8], C.CLICK: [1, 1, 1, 1, 1, 0]})
-    table = export.item_popularity(train, np.array([7, 8, 9, 10]))
-    assert table[C.ITEM_ID].tolist() == [9, 7, 8, 10]
-    assert table["count"].tolist() == [3, 2, 0, 0]
-    assert np.isclose(table["score"].sum(), 1.0)
+def test_executor_config_batches_and_keeps_ids_int64(tmp_path):
+    from google.protobuf import text_format
+    import tritonclient.grpc.model_config_pb2 as mc
+
+    config = executor_config(make_ensemble(SPEC, tmp_path, "../fr"), "retrieval", 256, 1)
+    text = text_format.MessageToString(config)
+    parsed = text_format.Parse(text, mc.ModelConfig())
+    assert parsed.backend == "python" and parsed.max_batch_size == 256
+    assert parsed.HasField("dynamic_batching")
+    assert not parsed.dynamic_batching.HasField("default_queue_policy")  # see executor_config
+    assert [(i.name, i.data_type, list(i.dims), i.optional) for i in parsed.input] == [
+        ("user_id", mc.TYPE_INT64, [1], False),
+        ("k", mc.TYPE_INT64, [1], True),
+    ]
+    outputs = {o.name: (o.data_type, list(o.dims)) for o in parsed.output}
+    assert outputs == {
+        "item_ids": (mc.TYPE_INT64, [-1]),
+        "scores": (mc.TYPE_FP32, [-1]),
+        "fallback": (mc.TYPE_BOOL, [1]),
+        "partial_features": (mc.TYPE_BOOL, [1]),
+    }
+    assert parsed.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
 
 
-def test_manifest_and_history_plot(tmp_path):
-    info = export.manifest({"epochs": 1}, {"fingerprint": "x"}, {"two_tower": {}}, {"train": 1.0}, {"index": {}})
-    assert info["packages"]["merlin-models"] == "23.12.0"
-    export.write_json(tmp_path / "m.json", info)
-    assert json.loads((tmp_path / "m.json").read_text())["options"] == {"epochs": 1}
-    history = [{"epoch": 1, "loss": 3.0, "valid_ndcg@10": 0.1}, {"epoch": 2, "loss": 2.0, "valid_ndcg@10": 0.2}]
-    png = export.plot_history(history, tmp_path / "loss.png", "valid_ndcg@10")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_item_features_become_outputs(tmp_path):
+    import tritonclient.grpc.model_config_pb2 as mc
+
+    spec = GraphSpec(**{**SPEC.__dict__, "with_item_features": True})
+    config = executor_config(make_ensemble(spec, tmp_path, "../fr"), "retrieval", 256, 1)
+    outputs = {o.name: (o.data_type, list(o.dims)) for o in config.output}
+    assert outputs["item_genres"] == (mc.TYPE_STRING, [-1]) and outputs["item_year"] == (mc.TYPE_INT64, [-1])
 
 
-def test_checksums_cover_files_in_folders(tmp_path):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "x.bin").write_bytes(b"abc")
-    sums = export.file_checksums(tmp_path, ["a"])
-    assert sums == {"a/x.bin": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}
+def test_tensorflow_tower_config_for_gpu_images():
+    import tritonclient.grpc.model_config_pb2 as mc
+
+    op = PredictQueryTower("unused", ["age", "user_id"], "output_1", 64)
+    config = tensorflow_tower_config(op, "0_query_tower", 256)
+    assert (config.backend, config.platform) == ("tensorflow", "tensorflow_savedmodel")
+    assert config.parameters["TF_SIGNATURE_DEF"].string_value == "serving_default"
+    assert [(i.name, i.data_type, list(i.dims), list(i.reshape.shape)) for i in config.input] == [
+        ("age", mc.TYPE_INT64, [1], []),
+        ("user_id", mc.TYPE_INT64, [1], []),
+    ]
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [("output_1", mc.TYPE_FP32, [64])]
+    assert config.max_batch_size == 256 and config.HasField("dynamic_batching")

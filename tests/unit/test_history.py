@@ -2,9 +2,9 @@ import pandas as pd
 import pytest
 
 from build_ensemble import constants as C
-from build_ensemble.data import DataSpec, PreparedData, SplitWriter
 from build_ensemble.errors import DataError
 from build_ensemble.history import NO_ITEM, add_recent_items, latest_items, previous_items, recent_columns
+from build_ensemble.prepared import DataSpec, PreparedData, SplitWriter
 
 
 def rows(user, items, start=0):

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from build_ensemble import index as ix
+from build_ensemble.serving.index import load_index
 
 
 def clustered(n, dim=32, centers=64, seed=0):
@@ -36,7 +37,7 @@ def test_flat_is_exact_and_keeps_raw_int64_ids(tmp_path):
     np.testing.assert_array_equal(found, ids[exact])
     np.testing.assert_allclose(scores, np.take_along_axis(queries @ items.T, exact, axis=1), rtol=1e-5)
     ix.save_index(index, tmp_path)
-    loaded = ix.load_index(tmp_path)
+    loaded = load_index(tmp_path)
     assert loaded.info == info
     np.testing.assert_array_equal(loaded.search(queries, 10)[1], found)
 
@@ -55,7 +56,7 @@ def test_ann_is_tuned_to_the_target_recall(kind, tmp_path):
     rows = pd.Index(np.arange(20_000))
     assert ix.recall_against(index, truth, items, rows, 10) == pytest.approx(info.recall_at_k, abs=1e-4)
     ix.save_index(index, tmp_path)
-    loaded = ix.load_index(tmp_path)  # search parameters come back with it
+    loaded = load_index(tmp_path)  # search parameters come back with it
     assert ix.recall_against(loaded, truth, items, rows, 10) == pytest.approx(info.recall_at_k, abs=1e-4)
 
 

@@ -4,7 +4,6 @@ import pytest
 
 from build_ensemble.errors import IntegrityError
 from build_ensemble.integrity import verify_repository, write_version_manifest
-from build_ensemble.pipeline import _merge_models, model_version
 
 
 def _version(repository, model="retrieval", version=1, payload=b"graph"):
@@ -41,19 +40,11 @@ def test_a_changed_version_is_refused_with_the_file_named(tmp_path, tamper, mess
         verify_repository(tmp_path)
 
 
-def test_next_version_and_merging_keeps_older_versions(tmp_path):
-    target = tmp_path / "repo"
-    assert model_version(target, 0) == 1
-    _version(target, version=1, payload=b"one")
-    (target / "README.md").write_text("kept")
-    _version(target, model="stale_model")
-    assert model_version(target, 0) == 2 and model_version(target, 5) == 5
-    staged = tmp_path / "staged"
-    _version(staged, version=2, payload=b"two")
-    _merge_models(staged, target)
-    assert sorted(p.name for p in (target / "retrieval").iterdir()) == ["1", "2", "config.pbtxt"]
-    assert (target / "retrieval" / "1" / "ensemble" / "ensemble.pkl").read_bytes() == b"one"
-    assert (target / "retrieval" / "2" / "ensemble" / "ensemble.pkl").read_bytes() == b"two"
-    assert sorted(p.name for p in target.iterdir()) == ["README.md", "retrieval"]  # other models go
-    assert not staged.exists()
-    verify_repository(target)
+def test_a_version_of_another_repository_format_is_refused_with_what_to_do(tmp_path):
+    folder = _version(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["repository_format"]  # what versions exported before the format was recorded hold
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IntegrityError, match=r"exported by another build-ensemble \(repository format 1, this one serves 2\): "
+                                             r"re-export it with `build-ensemble export --out BUILD"):
+        verify_repository(tmp_path)

@@ -6,7 +6,7 @@ from build_ensemble import constants as C
 from build_ensemble import evaluate as ev
 from build_ensemble import train as T
 from build_ensemble.config import make_config
-from build_ensemble.data import DataSpec, SplitWriter
+from build_ensemble.prepared import DataSpec, SplitWriter
 from build_ensemble.workflow import ITEM_SUBGRAPH, USER_SUBGRAPH, encode, fit_workflow, load_workflow
 
 

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 
 from build_ensemble import constants as C
-from build_ensemble.data import DataSpec, SplitWriter, read_parts
-from build_ensemble.encoding import NULL_CODE, OOV_CODE, CategoryEncoder
+from build_ensemble.prepared import DataSpec, SplitWriter, read_parts
+from build_ensemble.serving.encoding import NULL_CODE, OOV_CODE, CategoryEncoder
 from build_ensemble.workflow import ITEM_SUBGRAPH, USER_SUBGRAPH, encode, fit_workflow, load_workflow
 
 SPEC = DataSpec(user_features=("gender", "age"), item_features=("genres", "year"), list_features=("genres",))

@@ -9,33 +9,33 @@ from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, FileSource, ValueType
 
-user = Entity(name="user_id", join_keys=["user_id"], value_type=ValueType.INT64, description="raw user id")
-item = Entity(name="item_id", join_keys=["item_id"], value_type=ValueType.INT64, description="raw item id")
+user = Entity(name="${user_id}", join_keys=["${user_id}"], value_type=ValueType.INT64, description="raw user id")
+item = Entity(name="${item_id}", join_keys=["${item_id}"], value_type=ValueType.INT64, description="raw item id")
 
 # ttl=0: rows never expire, so `feast materialize-incremental` loads every row too.
 user_features = FeatureView(
-    name="user_features",
+    name="${user_view}",
     entities=[user],
     ttl=timedelta(0),
     source=FileSource(
-        path="data/user_features.parquet",
-        timestamp_field="event_timestamp",
-        created_timestamp_column="created",
+        path="${user_source}",
+        timestamp_field="${event_timestamp}",
+        created_timestamp_column="${created_timestamp}",
     ),
     online=True,
 )
 
 item_features = FeatureView(
-    name="item_features",
+    name="${item_view}",
     entities=[item],
     ttl=timedelta(0),
     source=FileSource(
-        path="data/item_features.parquet",
-        timestamp_field="event_timestamp",
-        created_timestamp_column="created",
+        path="${item_source}",
+        timestamp_field="${event_timestamp}",
+        created_timestamp_column="${created_timestamp}",
     ),
     online=True,
 )
 
-user_features_v1 = FeatureService(name="user_features_v1", features=[user_features])
-item_features_v1 = FeatureService(name="item_features_v1", features=[item_features])
+user_features_v1 = FeatureService(name="${user_service}", features=[user_features])
+item_features_v1 = FeatureService(name="${item_service}", features=[item_features])

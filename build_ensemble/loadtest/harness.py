@@ -25,6 +25,8 @@ from build_ensemble import constants as C
 from build_ensemble.client import RetrievalClient
 from build_ensemble.errors import ConfigError
 
+DEFAULT_CONCURRENCY = (1, 2, 4, 8)  # closed-loop levels when neither concurrency nor rate is given
+
 
 @dataclass
 class LevelResult:
@@ -45,6 +47,14 @@ class LevelResult:
     versions: dict = field(default_factory=dict)  # answers per model version
     models: dict = field(default_factory=dict)
     server_rss_mb: float | None = None
+
+
+def levels(concurrency: list | None, rate: list | None) -> list:
+    """The load levels to run, ``[("concurrency", c) ..., ("rate", r) ...]``: the closed-loop
+    :data:`DEFAULT_CONCURRENCY` when neither is given."""
+    if not concurrency and not rate:
+        concurrency = list(DEFAULT_CONCURRENCY)
+    return [("concurrency", c) for c in concurrency or []] + [("rate", r) for r in rate or []]
 
 
 def require_loopback(url: str) -> None:

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 
 from build_ensemble import constants as C
-from build_ensemble.data import DataSpec, PreparedData, SplitWriter, check_interactions, read_parts, split_per_user
 from build_ensemble.errors import DataError
+from build_ensemble.prepared import DataSpec, PreparedData, SplitWriter, check_interactions, read_parts, split_per_user
 
 
 def interactions(n=30, users=3, items=5, clicks=1):

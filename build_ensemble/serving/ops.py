@@ -11,8 +11,9 @@ int64, each user of a batch gets its own top-k, unknown users get the popular it
 reloads after unpickling. Artifacts are loaded only from an exported repository
 (``load_artifacts(path)``); merlin's ``Graph`` calls it with "" at construction, which is a
 no-op. Each operator passes the per-user request columns through (``found``, ``partial``
-and the optional ``k``) so the graph stays a chain (merlin's executor would run a shared
-parent twice).
+and the optional ``k``) and declares them in its output schema, so the graph stays a chain
+(merlin's executor would run a shared parent twice) and ``config.pbtxt`` follows from the
+graph's schemas.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from build_ensemble import constants as C
-from build_ensemble.encoding import CATEGORIES_DIR, CategoryEncoder, copy_categories
 from build_ensemble.errors import ArtifactNotFoundError, RecsysError
+from build_ensemble.serving.encoding import CATEGORIES_DIR, CategoryEncoder, copy_categories
 
 from merlin.dag import BaseOperator, ColumnSelector  # noqa: E402  (import order: merlin after ours)
 from merlin.schema import ColumnSchema, Schema  # noqa: E402
@@ -37,7 +38,6 @@ CARRIED = (FOUND, PARTIAL, C.INPUT_K)
 QUERY_EMBEDDING = "query_embedding"
 TOWER_DIR = "query_tower"
 INDEX_DIR = "index"
-POPULAR_FILE = "popular.parquet"
 
 
 def _table(transformable, columns: dict):
@@ -51,6 +51,11 @@ def _values(transformable, name: str) -> np.ndarray:
 def carry(transformable) -> dict:
     """The per-user request columns present in ``transformable``, to pass on unchanged."""
     return {name: transformable[name].values for name in CARRIED if name in transformable.columns}
+
+
+def carried_schema(input_schema) -> list:
+    """The schemas of the request columns an operator passes on: those of :data:`CARRIED` in its input."""
+    return [input_schema[name] for name in CARRIED if name in input_schema.column_names]
 
 
 def _repository_root(artifact_path: str) -> Path:
@@ -80,14 +85,16 @@ class _FeastOperator(BaseOperator):
         self._reader = None
 
     def load_artifacts(self, artifact_path: str = "") -> None:
-        from build_ensemble.feature_store import OnlineReader, open_store, view_features
+        from build_ensemble.serving.online_store import OnlineReader, open_store, view_features
 
         if not artifact_path:  # merlin's Graph() calls this before export: nothing to load yet
             return
         repo = resolve_feature_repo(artifact_path, self.feature_repo)
-        store = open_store(repo)
         try:
+            store = open_store(repo)
             present = view_features(store, self.view)
+        except RecsysError:
+            raise
         except Exception as exc:  # noqa: BLE001  a damaged registry raises whatever its parser does
             raise ArtifactNotFoundError(
                 f"feature repository {repo}: view {self.view} cannot be read from the registry "
@@ -137,6 +144,7 @@ class QueryUserFeatures(_FeastOperator):
             [ColumnSchema(C.USER_ID, dtype=np.int64)]
             + [ColumnSchema(name, dtype=dtype) for name, dtype in self.features.items()]
             + [ColumnSchema(FOUND, dtype=bool), ColumnSchema(PARTIAL, dtype=bool)]
+            + carried_schema(input_schema)
         )
 
 
@@ -168,10 +176,7 @@ class EncodeUserFeatures(BaseOperator):
         return _table(transformable, {**columns, **carry(transformable)})
 
     def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None):
-        return Schema(
-            [ColumnSchema(c, dtype=np.int64) for c in self.columns]
-            + [ColumnSchema(FOUND, dtype=bool), ColumnSchema(PARTIAL, dtype=bool)]
-        )
+        return Schema([ColumnSchema(c, dtype=np.int64) for c in self.columns] + carried_schema(input_schema))
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_encoders"}
@@ -211,7 +216,7 @@ class PredictQueryTower(BaseOperator):
             return
         path = Path(artifact_path) / TOWER_DIR
         if self.numpy_dir:
-            from build_ensemble.tower import NumpyTower
+            from build_ensemble.serving.tower import NumpyTower
 
             self._run = NumpyTower.load(path)
             return
@@ -231,15 +236,50 @@ class PredictQueryTower(BaseOperator):
 
     def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None):
         return Schema(
-            [
-                ColumnSchema(QUERY_EMBEDDING, dtype=np.float32, dims=(None, self.dim)),
-                ColumnSchema(FOUND, dtype=bool),
-                ColumnSchema(PARTIAL, dtype=bool),
-            ]
+            [ColumnSchema(QUERY_EMBEDDING, dtype=np.float32, dims=(None, self.dim))] + carried_schema(input_schema)
         )
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_run"}
+
+
+class QueryTowerTriton(PredictQueryTower):
+    """Calls the query tower served by Triton's TensorFlow backend through BLS.
+
+    Stands in for :class:`PredictQueryTower` when the repository is exported with
+    ``tower_backend="tensorflow"``; it only runs inside Triton.
+
+    Args:
+        op: the operator it replaces (inputs, output and size of the tower).
+        model_name: the Triton model serving the tower.
+    """
+
+    export_name = "query_tower"
+
+    def __init__(self, op: PredictQueryTower, model_name: str):
+        super().__init__(op.saved_model_dir, op.inputs, op.output, op.dim)  # Triton runs the SavedModel
+        self.model_name = model_name
+
+    def save_artifacts(self, artifact_path: str) -> None:
+        """The SavedModel lives in the TensorFlow model's folder instead."""
+
+    def load_artifacts(self, artifact_path: str = "") -> None:
+        """Nothing to load: Triton serves the tower."""
+
+    def transform(self, col_selector: ColumnSelector, transformable):
+        import triton_python_backend_utils as pb_utils
+
+        inputs = [
+            pb_utils.Tensor(name, _values(transformable, name).astype(np.int64).reshape(-1, 1)) for name in self.inputs
+        ]
+        request = pb_utils.InferenceRequest(
+            model_name=self.model_name, requested_output_names=[self.output], inputs=inputs
+        )
+        response = request.exec()
+        if response.has_error():
+            raise RecsysError(f"query tower model {self.model_name}: {response.error().message()}")
+        embedding = pb_utils.get_output_tensor_by_name(response, self.output).as_numpy()
+        return _table(transformable, {QUERY_EMBEDDING: embedding, **carry(transformable)})
 
 
 class QueryIndex(BaseOperator):
@@ -268,7 +308,7 @@ class QueryIndex(BaseOperator):
     def load_artifacts(self, artifact_path: str = "") -> None:
         if not artifact_path:
             return
-        from build_ensemble.index import load_index
+        from build_ensemble.serving.index import POPULAR_FILE, load_index
 
         folder = Path(artifact_path) / INDEX_DIR
         self._index = load_index(folder)

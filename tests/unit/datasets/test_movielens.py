@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from build_ensemble import constants as C
-from build_ensemble import movielens
+from build_ensemble.datasets import movielens
 from build_ensemble.errors import DataError
 
 

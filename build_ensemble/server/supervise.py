@@ -1,0 +1,160 @@
+"""Keep a launched tritonserver serving: restart it when it crashes, reload the model when its
+backend process dies, and load new model versions into it."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from pathlib import Path
+from typing import Callable
+
+from build_ensemble import constants as C
+from build_ensemble.errors import ServerError
+from build_ensemble.integrity import verify_repository
+from build_ensemble.server.launch import READY_TIMEOUT, STOP_TIMEOUT, ServerSpec, TritonServer, check_repository, log_errors
+
+logger = logging.getLogger(__name__)
+
+RELOAD_TIMEOUT = 300.0
+
+
+class SupervisedServer(TritonServer):
+    """A :class:`TritonServer` with a :class:`Watchdog` while it runs (when ``spec.watchdog`` and
+    explicit model control), restarted by :meth:`supervise` when it crashes."""
+
+    def __init__(self, spec: ServerSpec):
+        super().__init__(spec)
+        self.watchdog: Watchdog | None = None
+
+    def start(self, timeout: float = READY_TIMEOUT) -> "SupervisedServer":
+        super().start(timeout)
+        if self.spec.watchdog and self.spec.model_control == "explicit":
+            self.watchdog = Watchdog(self.spec)
+            self.watchdog.start()
+        return self
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
+        super().stop(timeout)
+
+    def supervise(self, on_start: Callable[["SupervisedServer"], None] | None = None, max_restarts: int = 10) -> int:
+        """Wait for the server to exit; start it again when it dies (non-zero exit: a crash,
+        e.g. Triton aborting after its backend process was killed, or a kill), at most
+        ``max_restarts`` times. A clean exit (code 0) ends the supervision.
+
+        Args:
+            on_start: called after each restart (to record the new pid).
+
+        Returns:
+            The server's last exit code.
+        """
+        restarts = 0
+        while True:
+            code = self.process.wait()
+            if code == 0 or restarts >= max_restarts:
+                return code
+            restarts += 1
+            crash_log = self.spec.log_path.with_name(f"tritonserver.crash-{restarts}.log")
+            shutil.copyfile(self.spec.log_path, crash_log)
+            logger.error("tritonserver exited with code %s (log: %s); restarting (%d of at most %d)",
+                         code, crash_log, restarts, max_restarts)
+            self.stop()
+            self.start()
+            if on_start:
+                on_start(self)
+
+
+class Watchdog(threading.Thread):
+    """Reloads the retrieval model when its Python-backend process has died.
+
+    Triton 2.51 does not restart a dead backend process: the model stays READY and every
+    request fails with "Stub process ... is not healthy" until the model is loaded again.
+    Every ``interval`` seconds this thread sends one request for user 0 (the popular-items
+    path when unknown); on that error it unloads and loads the model (explicit model
+    control), which starts a new backend process: about 8 s on 2 cores, during which
+    requests fail as they already did.
+
+    Args:
+        spec: the server's spec.
+        interval: seconds between probes.
+    """
+
+    def __init__(self, spec: ServerSpec, interval: float = 2.0):
+        super().__init__(daemon=True, name="triton-watchdog")
+        self.spec = spec
+        self.interval = interval
+        self.reloads = 0
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        import numpy as np
+        import tritonclient.http as httpclient
+        from tritonclient.utils import InferenceServerException
+
+        client = httpclient.InferenceServerClient(self.spec.http_url, connection_timeout=30, network_timeout=60)
+        probe = httpclient.InferInput(C.INPUT_USER_ID, [1, 1], "INT64")
+        probe.set_data_from_numpy(np.zeros((1, 1), dtype=np.int64))
+        while not self._stopping.wait(self.interval):
+            try:
+                client.infer(C.MODEL_NAME, [probe])
+            except InferenceServerException as exc:
+                if "is not healthy" not in str(exc.message()) or self._stopping.is_set():
+                    continue
+                logger.error("%s: backend process died; loading the model again", C.MODEL_NAME)
+                try:
+                    # With unchanged files Triton would keep the dead instance on a plain load
+                    # (even with a config override): unload, then load a new backend process.
+                    client.unload_model(C.MODEL_NAME)
+                    client.load_model(C.MODEL_NAME)
+                    self.reloads += 1
+                    logger.error("%s: reloaded (%d so far)", C.MODEL_NAME, self.reloads)
+                except InferenceServerException as failed:
+                    logger.error("%s: reload failed: %s", C.MODEL_NAME, failed.message())
+            except Exception:  # noqa: BLE001  the server may be stopping; the next probe decides
+                continue
+        client.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=self.interval + 70)
+
+
+def reload_models(spec: ServerSpec, timeout: float = RELOAD_TIMEOUT) -> dict:
+    """Ask a running server (``explicit`` model control) to load the repository's models again.
+
+    Triton loads the newest version while the current one keeps serving, switches when it is
+    ready, and lets the old one finish its requests before unloading it; if the new version
+    fails to load, the old one stays. Models are loaded in name order (``0_query_tower``
+    before ``retrieval``, which calls it).
+
+    Returns:
+        ``{model: [ready versions]}``.
+
+    Raises:
+        IntegrityError: if ``spec.verify`` and a version differs from its manifest.
+        ServerError: with Triton's message if a load fails.
+    """
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    repository = Path(spec.repository)
+    models = check_repository(repository)
+    if spec.verify:
+        verify_repository(repository)
+    client = httpclient.InferenceServerClient(spec.http_url, connection_timeout=timeout, network_timeout=timeout)
+    try:
+        for model in models:
+            client.load_model(model)
+        index = client.get_model_repository_index()
+    except InferenceServerException as exc:
+        raise ServerError(f"reload failed: {exc.message()} (log: {spec.log_path}):\n{log_errors(spec.log_path)}") from None
+    finally:
+        client.close()
+    ready: dict = {}
+    for entry in index:
+        if entry.get("state") == "READY":
+            ready.setdefault(entry["name"], []).append(entry.get("version"))
+    return ready

@@ -1,0 +1,114 @@
+"""FAISS search over the item embeddings, as the serving graph loads it (the build writes it:
+``build_ensemble.index``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+INDEX_FILE = "items.faiss"
+INFO_FILE = "index.json"
+POPULAR_FILE = "popular.parquet"  # the fallback: most popular items in training
+
+
+@dataclass
+class IndexInfo:
+    """What was built and how well it does.
+
+    Attributes:
+        kind: ``flat``, ``ivf`` or ``hnsw``.
+        items: number of indexed items.
+        dim: embedding size.
+        params: structural and search parameters (``nlist``, ``nprobe``, ``M``, ``efSearch``).
+        recall_at_k: mean recall@k against exact search over ``queries`` real user vectors.
+        k: the k of that recall.
+        queries: number of user vectors measured.
+        gpu: whether faiss saw a GPU.
+        recall_at_k_item_queries: the same with item vectors as queries. User vectors of a
+            weak model can all point one way, which makes any index look exact; item vectors
+            spread over the whole catalog, so the search parameter must satisfy both.
+    """
+
+    kind: str
+    items: int
+    dim: int
+    params: dict = field(default_factory=dict)
+    recall_at_k: float = 1.0
+    k: int = 10
+    queries: int = 0
+    gpu: bool = False
+    recall_at_k_item_queries: float | None = None
+
+
+def gpu_count() -> int:
+    """GPUs visible to faiss (0 with faiss-cpu)."""
+    import faiss
+
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+class ItemIndex:
+    """A faiss index over item embeddings, searched by inner product.
+
+    IVF partitions and HNSW graphs built on inner products serve maximum-inner-product search
+    poorly (measured: IVF recall@10 of 0.10 at nprobe 128 on item-vector queries over 1M
+    items). So ``ivf`` and ``hnsw`` store the items with one extra coordinate
+    ``sqrt(max_norm^2 - |x|^2)`` and search by L2: the nearest item of ``[q, 0]`` is the one
+    with the largest ``q . x`` (0.99 at nprobe 128 on the same data), and the score is
+    recovered exactly from the distance.
+
+    Args:
+        index: the faiss index (ids are raw item ids).
+        info: how it was built, with its search parameters.
+    """
+
+    def __init__(self, index, info: IndexInfo):
+        self.index = index
+        self.info = info
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items of each query.
+
+        Args:
+            queries: ``[n, dim]`` float32.
+            k: items per query.
+
+        Returns:
+            ``([n, k] float32 inner products, [n, k] int64 raw ids)``; id -1 marks an empty slot.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        max_norm = self.info.params.get("max_norm")
+        if max_norm is None:
+            return self.index.search(queries, k)
+        augmented = np.hstack([queries, np.zeros((len(queries), 1), dtype=np.float32)])
+        distances, ids = self.index.search(augmented, k)
+        scores = ((queries * queries).sum(axis=1, keepdims=True) + max_norm**2 - distances) / 2
+        return scores.astype(np.float32), ids
+
+
+def set_search_params(index, params: dict) -> None:
+    """Apply ``nprobe`` / ``efSearch`` to an index built by :func:`build_index`."""
+    import faiss
+
+    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+    if "nprobe" in params:
+        inner.nprobe = int(params["nprobe"])
+    if "efSearch" in params:
+        inner.hnsw.efSearch = int(params["efSearch"])
+
+
+def load_index(folder: str | Path, use_gpu: bool | None = None) -> ItemIndex:
+    """Read an index saved by :func:`save_index`, on the GPU when faiss sees one (flat, IVF)."""
+    import faiss
+
+    folder = Path(folder)
+    info = IndexInfo(**json.loads((folder / INFO_FILE).read_text()))
+    raw = faiss.read_index(str(folder / INDEX_FILE))
+    set_search_params(raw, info.params)
+    use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
+    if use_gpu and info.kind != "hnsw":  # faiss has no GPU HNSW
+        raw = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, raw)
+    return ItemIndex(raw, info)

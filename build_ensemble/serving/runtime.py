@@ -1,0 +1,96 @@
+"""Runs the exported retrieval graph: unpickle it, load its operators' artifacts, call them in order."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import platform
+from pathlib import Path
+
+from build_ensemble import constants as C
+from build_ensemble.errors import ArtifactNotFoundError
+from build_ensemble.serving.ops import QueryIndex
+
+
+def graph_nodes(ensemble) -> list:
+    """The graph's nodes, inputs first."""
+    from merlin.dag import postorder_iter_nodes
+
+    return list(postorder_iter_nodes(ensemble.graph.output_node))
+
+
+class RetrievalRuntime:
+    """Runs the retrieval graph in process (the Triton model and the tests use it).
+
+    The graph is a chain, so its operators are called in order; merlin's generic executor,
+    which re-derives column selections on every call, costs more than the operators themselves.
+    """
+
+    def __init__(self):
+        self._chains: dict = {}
+
+    @staticmethod
+    def load(ensemble, artifact_path: str) -> None:
+        """Load every operator's artifacts (index, tower, categories, feature store)."""
+        for node in graph_nodes(ensemble):
+            node.op.load_artifacts(artifact_path)
+
+    def chain(self, ensemble) -> list:
+        """The graph's operator nodes in call order.
+
+        Raises:
+            ValueError: if the graph is not a chain (a node with several inputs).
+        """
+        if id(ensemble) not in self._chains:
+            nodes = graph_nodes(ensemble)
+            for previous, node in zip(nodes, nodes[1:]):
+                if node.parents_with_dependencies != [previous]:
+                    raise ValueError(f"{type(node.op).__name__} does not read only its predecessor's output")
+            self._chains[id(ensemble)] = nodes[1:]
+        return self._chains[id(ensemble)]
+
+    def index_op(self, ensemble) -> QueryIndex:
+        """The graph's :class:`QueryIndex` (its ``top_k`` and ``max_k`` bound the request's ``k``)."""
+        return next(node.op for node in self.chain(ensemble) if isinstance(node.op, QueryIndex))
+
+    def transform(self, ensemble, table):
+        """Run the graph on a table holding ``user_id`` (and optionally ``k``)."""
+        for node in self.chain(ensemble):
+            table = node.op.transform(node.input_columns, table)
+        return table
+
+
+def built_by(version_dir: Path) -> str:
+    """One line naming the Python and package versions that exported a model version (from its manifest)."""
+    try:
+        manifest = json.loads((version_dir / C.MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return f"{version_dir} has no readable {C.MANIFEST_FILE}"
+    packages = ", ".join(f"{k} {v}" for k, v in manifest.get("packages", {}).items() if v)
+    return (f"exported with Python {manifest.get('python', '?')} ({packages}); "
+            f"this server runs Python {platform.python_version()}")
+
+
+def load_ensemble(artifact_path: str | Path):
+    """Unpickle the exported graph and load its operators' artifacts.
+
+    Returns:
+        ``(ensemble, runtime)`` ready to transform.
+
+    Raises:
+        ArtifactNotFoundError: if the graph cannot be unpickled here (other Python or package
+            versions, or a repository of an older layout), naming the versions that built it.
+    """
+    from merlin.systems.dag import Ensemble
+
+    artifact_path = Path(artifact_path)
+    try:
+        ensemble = Ensemble.load(str(artifact_path))
+    except (ImportError, AttributeError, pickle.UnpicklingError) as exc:
+        raise ArtifactNotFoundError(
+            f"the graph in {artifact_path} cannot be loaded ({type(exc).__name__}: {exc}); "
+            f"{built_by(artifact_path.parent)}: rebuild or re-export it with this environment"
+        ) from None
+    runtime = RetrievalRuntime()
+    runtime.load(ensemble, str(artifact_path))
+    return ensemble, runtime
