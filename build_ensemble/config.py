@@ -17,7 +17,8 @@ import yaml
 from build_ensemble import constants as C
 from build_ensemble.errors import ConfigError
 
-DATASETS = ("synthetic-aliccp", "aliccp", "movielens-100k")  # each has a module in `datasets` (SOURCES)
+# Each has a module in `datasets` (SOURCES); "spec" is the user's own files (--dataset-spec).
+DATASETS = ("synthetic-aliccp", "aliccp", "aliccp-raw", "movielens-100k", "spec")
 SPLITS = ("random", "temporal")
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
 TOWER_BACKENDS = ("python", "tensorflow")
@@ -40,7 +41,12 @@ class BuildConfig:
     """Every option of `build-ensemble build`; the CLI flags are generated from these fields."""
 
     # Data.
-    dataset: str = _opt("synthetic-aliccp", "data source", choices=DATASETS)
+    dataset: str = _opt("synthetic-aliccp", "data source (spec: your own files, see --dataset-spec)", choices=DATASETS)
+    dataset_spec: str | None = _opt(
+        None, "YAML file declaring your interactions, users, items and features (README: Your own data); "
+        "sets --dataset spec"
+    )
+    data_dir: str | None = _opt(None, "aliccp-raw: folder of Ali-CCP as downloaded (sample_skeleton_*.csv, common_features_*.csv)")
     rows: int = _opt(100_000, "synthetic-aliccp: number of interaction rows to generate")
     items: int | None = _opt(
         None, "synthetic-aliccp: catalog size; items are drawn with a popularity skew (default: the generator's own)"
@@ -49,7 +55,10 @@ class BuildConfig:
     valid_glob: str | None = _opt(
         None, "aliccp: glob of the validation parquet files; split half/half into valid and test"
     )
-    split: str = _opt("random", "movielens-100k: per-user 80/10/10 split, random or by time", choices=SPLITS)
+    split: str = _opt(
+        "random", "movielens-100k and spec data without a validation glob: per-user 80/10/10 split, random or by time",
+        choices=SPLITS,
+    )
     recent_items: int = _opt(
         0, "query features recent_item_1..N: the user's N latest items, point in time (training rows see the "
         "items before them); needs interaction timestamps (0: none)"
@@ -169,6 +178,11 @@ class BuildConfig:
             )
         if self.dataset == "aliccp" and not (self.train_glob and self.valid_glob):
             raise ConfigError("dataset aliccp needs --train-glob and --valid-glob (parquet files)")
+        if self.dataset == "aliccp-raw" and not self.data_dir:
+            raise ConfigError("dataset aliccp-raw needs --data-dir (the folder of the downloaded Ali-CCP csv files)")
+        if (self.dataset == "spec") != bool(self.dataset_spec):
+            raise ConfigError("dataset_spec: give --dataset-spec FILE for your own data (it sets --dataset spec); "
+                              f"got dataset {self.dataset!r} and dataset_spec {self.dataset_spec!r}")
 
     @property
     def item_tower_dims(self) -> list:
@@ -185,6 +199,8 @@ class BuildConfig:
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "synthetic-aliccp": {"epochs": 3},
     "aliccp": {},
+    "aliccp-raw": {},
+    "spec": {},
     "movielens-100k": {
         "exclude_seen": True,
         "epochs": 40,
@@ -232,15 +248,24 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         ConfigError: if the file is missing, is not YAML, or names an unknown option.
     """
     path = Path(path)
+    return _normalise_keys(read_mapping(path, "config file", "option: value"), str(path))
+
+
+def read_mapping(path: Path, what: str, form: str) -> dict:
+    """A YAML file holding a mapping (an empty file is an empty one).
+
+    Raises:
+        ConfigError: naming ``what`` and the file when it is missing, not YAML, or not a mapping.
+    """
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of option: value")
-    return _normalise_keys(values, str(path))
+        raise ConfigError(f"{what} {path}: expected a mapping of {form}, got {type(values).__name__}")
+    return values
 
 
 def make_config(
@@ -257,12 +282,14 @@ def make_config(
     """
     from_file = read_yaml(yaml_path) if yaml_path else {}
     explicit = _normalise_keys({k: v for k, v in (overrides or {}).items() if v is not None}, "option")
-    dataset = explicit.get("dataset", from_file.get("dataset", BuildConfig.dataset))
+    spec = explicit.get("dataset_spec", from_file.get("dataset_spec"))
+    dataset = explicit.get("dataset", from_file.get("dataset", "spec" if spec else BuildConfig.dataset))
     if dataset not in DATASETS:
         raise ConfigError(f"dataset: got {dataset!r}, expected one of {', '.join(DATASETS)}")
     model = explicit.get("model", from_file.get("model", BuildConfig.model))
     split = explicit.get("split", from_file.get("split", BuildConfig.split))
     values = {
+        **({"dataset": dataset} if spec else {}),
         **DATASET_DEFAULTS[dataset],
         **SPLIT_DEFAULTS.get((dataset, split), {}),
         **MODEL_DEFAULTS.get((dataset, model), {}),

@@ -14,15 +14,17 @@ The model's weights never see a validation or test interaction; only the query's
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import pandas as pd
 
 from build_ensemble import constants as C
-from build_ensemble.prepared import SPLIT_NAMES, DataSpec, PreparedData
+from build_ensemble.prepared import SPLIT_NAMES, PreparedData
 from build_ensemble.errors import DataError
 
 NO_ITEM = -1
+NO_ITEM_STRING = ""  # the same for a catalog of string ids
 ORDER = [C.USER_ID, C.TIMESTAMP, C.ITEM_ID]  # item id breaks ties between equal timestamps
 
 
@@ -36,8 +38,15 @@ def previous_items(interactions: pd.DataFrame, n: int) -> pd.DataFrame:
     df = interactions.sort_values(ORDER, kind="stable").reset_index(drop=True)
     by_user = df.groupby(C.USER_ID)[C.ITEM_ID]
     for k, column in enumerate(recent_columns(n), start=1):
-        df[column] = by_user.shift(k).fillna(NO_ITEM).astype("int64")
+        df[column] = _filled(by_user.shift(k), df[C.ITEM_ID].dtype)
     return df
+
+
+def _filled(values: pd.Series, dtype) -> pd.Series:
+    """Recent items with the no-item marker where the user has fewer, in the ids' type."""
+    if dtype == object:
+        return values.fillna(NO_ITEM_STRING).astype(object)
+    return values.fillna(NO_ITEM).astype("int64")
 
 
 def latest_items(interactions: pd.DataFrame, users: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -48,7 +57,9 @@ def latest_items(interactions: pd.DataFrame, users: pd.DataFrame, n: int) -> pd.
     wide = wide.reindex(columns=range(n))
     wide.columns = recent_columns(n)
     out = users.drop(columns=recent_columns(n), errors="ignore").merge(wide.reset_index(), on=C.USER_ID, how="left")
-    return out.fillna({c: NO_ITEM for c in wide.columns}).astype({c: "int64" for c in wide.columns})
+    for column in wide.columns:
+        out[column] = _filled(out[column], interactions[C.ITEM_ID].dtype)
+    return out
 
 
 def add_recent_items(data: PreparedData, n: int) -> PreparedData:
@@ -81,11 +92,8 @@ def add_recent_items(data: PreparedData, n: int) -> PreparedData:
         df.to_parquet(folder / "part-00000.parquet", index=False)
     at_valid.to_parquet(data.root / C.VALIDATION_USER_FEATURES_FILE, index=False)
     at_test.to_parquet(data.users, index=False)
-    spec = DataSpec(
-        user_features=(*data.spec.user_features, *recent_columns(n)),
-        item_features=data.spec.item_features,
-        list_features=data.spec.list_features,
-        history_features=tuple(recent_columns(n)),
+    spec = dataclasses.replace(
+        data.spec, user_features=(*data.spec.user_features, *recent_columns(n)), history_features=tuple(recent_columns(n))
     )
     prepared = PreparedData(data.root, spec, data.counts)
     prepared.save()

@@ -44,16 +44,28 @@ class DataSpec:
         list_features: the subset of those holding lists (multi-hot).
         history_features: the user features that change with every interaction (the recent
             items): each interaction row carries its own values, point in time.
+        continuous_features: the subset of the features that are numbers (filled, normalized);
+            the others are categories.
+        options: ``{feature: {option: value}}`` of the dataset spec (``freq_threshold``,
+            ``max_size``, ``log``, ``fill``).
+        string_ids: the id columns (``user_id``, ``item_id``) whose raw ids are strings.
     """
 
     user_features: tuple = ()
     item_features: tuple = ()
     list_features: tuple = ()
     history_features: tuple = ()
+    continuous_features: tuple = ()
+    options: dict = field(default_factory=dict)
+    string_ids: tuple = ()
 
     @classmethod
     def from_dict(cls, values: dict) -> "DataSpec":
-        return cls(**{k: tuple(v) for k, v in values.items()})
+        return cls(**{k: v if k == "options" else tuple(v) for k, v in values.items()})
+
+    def option(self, feature: str, name: str, default=None):
+        """An option of a feature, or ``default``."""
+        return self.options.get(feature, {}).get(name, default)
 
 
 @dataclass
@@ -118,18 +130,27 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], source: str) -> No
         )
 
 
-def require_ids(df: pd.DataFrame, column: str, source: str) -> None:
-    """Check that an id column holds non-negative integers without nulls.
+def require_ids(df: pd.DataFrame, column: str, source: str, strings: bool = False) -> None:
+    """Check that an id column holds non-negative integers (or, with ``strings``, non-empty
+    strings) without nulls.
 
     Raises:
         DataError: naming the source file, the column and the problem.
     """
     values = df[column]
+    if strings:
+        bad = ~values.map(lambda v: isinstance(v, str) and v != "").to_numpy(dtype=bool)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{source}: column {column} holds {int(bad.sum())} null, empty or non-string ids "
+                            f"(first at row {first}: {values.iloc[first]!r}); every row needs an id")
+        return
     if not (ptypes.is_integer_dtype(values.dtype) or ptypes.is_bool_dtype(values.dtype)):
         sample = values.head(3).tolist()
+        hint = " (nulls make an integer column float: every row needs an id)" if values.isna().any() else ""
         raise DataError(
             f"{source}: column {column} must hold integer ids, got dtype {values.dtype} "
-            f"(first values {sample}); cast it to int64 before building"
+            f"(first values {sample}){hint}; cast it to int64 before building"
         )
     if len(values) and values.min() < 0:
         raise DataError(f"{source}: column {column} holds negative ids (min {values.min()}); ids must be >= 0")
@@ -149,13 +170,15 @@ def require_clicks(df: pd.DataFrame, source: str) -> None:
         raise DataError(f"{source}: column {C.CLICK} must be 0 or 1, got {values[bad].iloc[0]!r}")
 
 
-def check_interactions(df: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Validate an interaction chunk and cast its ids to int64."""
+def check_interactions(df: pd.DataFrame, source: str, string_ids: tuple = ()) -> pd.DataFrame:
+    """Validate an interaction chunk and cast its integer ids to int64 (``string_ids``: the id
+    columns holding strings)."""
     require_columns(df, [C.USER_ID, C.ITEM_ID, C.CLICK], source)
     for column in (C.USER_ID, C.ITEM_ID):
-        require_ids(df, column, source)
+        require_ids(df, column, source, strings=column in string_ids)
     require_clicks(df, source)
-    return df.astype({C.USER_ID: "int64", C.ITEM_ID: "int64", C.CLICK: "int64"})
+    types = {column: "int64" for column in (C.USER_ID, C.ITEM_ID) if column not in string_ids}
+    return df.astype({**types, C.CLICK: "int64"})
 
 
 class SplitWriter:

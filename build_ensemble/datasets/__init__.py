@@ -17,7 +17,9 @@ from typing import Callable
 SOURCES = {
     "synthetic-aliccp": "synthetic",
     "aliccp": "aliccp",
+    "aliccp-raw": "aliccp_raw",
     "movielens-100k": "movielens",
+    "spec": "files",
 }
 
 

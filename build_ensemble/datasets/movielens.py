@@ -1,4 +1,5 @@
-"""MovieLens-100K, read from the ``recbole==1.2.1`` wheel (fetched at run time, never committed)."""
+"""MovieLens-100K, read from the ``recbole==1.2.1`` wheel (fetched at run time, never committed) and
+built through the built-in dataset spec ``specs/movielens-100k.yaml``."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import pandas as pd
 
 from build_ensemble import constants as C
 from build_ensemble.config import BuildConfig
+from build_ensemble.datasets.files import prepare_spec
+from build_ensemble.datasets.spec import load_builtin
 from build_ensemble.errors import DataError
-from build_ensemble.prepared import DataSpec, PreparedData, SplitWriter, check_interactions, split_per_user
+from build_ensemble.prepared import PreparedData
 from build_ensemble.progress import Reporter
 
 logger = logging.getLogger(__name__)
@@ -24,9 +27,6 @@ logger = logging.getLogger(__name__)
 WHEEL = "recbole-1.2.1-py3-none-any.whl"
 WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
 MEMBER = "recbole/dataset_example/ml-100k/ml-100k.{}"
-USER_FEATURES = ("age_bucket", "gender", "occupation", "zip_prefix")
-ITEM_FEATURES = ("genres", "release_year")
-SPEC = DataSpec(user_features=USER_FEATURES, item_features=ITEM_FEATURES, list_features=("genres",))
 # MovieLens-1M's age groups, applied to the exact ages of ML-100K.
 AGE_BUCKETS = (18, 25, 35, 45, 50, 56)
 
@@ -107,13 +107,26 @@ def load_tables(wheel: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     return interactions, users, items
 
 
-def prepare(config: BuildConfig, root: Path, reporter: Reporter | None = None) -> PreparedData:
+def write_tables(cache_dir: str | Path) -> dict:
+    """The three tables of ML-100K as parquet files under ``<cache_dir>/ml-100k/`` (written once,
+    from the verified wheel).
+
+    Returns:
+        ``{"interactions": path, "users": path, "items": path}``.
+    """
+    folder = Path(cache_dir).expanduser() / "ml-100k"
+    paths = {name: folder / f"{name}.parquet" for name in ("interactions", "users", "items")}
+    if not all(p.exists() for p in paths.values()):
+        interactions, users, items = load_tables(fetch_wheel(cache_dir))
+        folder.mkdir(parents=True, exist_ok=True)
+        for (name, path), table in zip(paths.items(), (interactions.drop(columns=[C.CLICK]), users, items)):
+            staged = path.with_suffix(".partial")
+            table.to_parquet(staged, index=False)
+            staged.rename(path)
+    return paths
+
+
+def prepare(config: BuildConfig, root: Path, reporter: Reporter) -> PreparedData:
     """The source's ``prepare`` (see ``datasets``): the per-user split of ML-100K
-    (``config.split``, ``config.seed``); the data set is read at once, without progress."""
-    interactions, users, items = load_tables(fetch_wheel(config.cache_dir))
-    interactions = check_interactions(interactions, WHEEL)
-    writer = SplitWriter(root, SPEC)
-    writer.add_entities(users, items)
-    for name, part in split_per_user(interactions, config.split, config.seed).items():
-        writer.write(name, part)
-    return writer.close()
+    (``config.split``, ``config.seed``) through the built-in spec ``specs/movielens-100k.yaml``."""
+    return prepare_spec(load_builtin("movielens-100k", **write_tables(config.cache_dir)), config, root, reporter)

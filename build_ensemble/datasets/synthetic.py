@@ -1,5 +1,7 @@
 """Synthetic Ali-CCP: Merlin's generator (``aliccp-raw``), optionally redrawn over a catalog of a given size.
 
+The features are those of the built-in Ali-CCP spec (``specs/aliccp.yaml``); rows are assigned
+80/10/10 to train/valid/test at random and streamed into the prepared layout chunk by chunk.
 Users and items are drawn independently, so no model can beat the baselines here: use it
 for plumbing and scale, never to judge quality.
 """
@@ -14,9 +16,12 @@ import pandas as pd
 
 from build_ensemble import constants as C
 from build_ensemble.config import BuildConfig
-from build_ensemble.datasets.aliccp import CHUNK_ROWS, ITEM_FEATURES, SPEC, write_chunk
-from build_ensemble.prepared import PreparedData, SplitWriter
+from build_ensemble.datasets.files import to_data_spec
+from build_ensemble.datasets.spec import load_builtin
+from build_ensemble.prepared import DataSpec, PreparedData, SplitWriter, check_interactions, require_columns
 from build_ensemble.progress import Reporter
+
+CHUNK_ROWS = 1_000_000
 
 
 def synthetic_chunks(rows: int, seed: int, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
@@ -63,7 +68,8 @@ def prepare(config: BuildConfig, root: Path, reporter: Reporter) -> PreparedData
     """The source's ``prepare`` (see ``datasets``): ``config.rows`` rows assigned 80/10/10 to
     train/valid/test at random; with ``config.items`` their items are redrawn from a catalog of
     that size (every catalog item is exported, clicked or not)."""
-    writer = SplitWriter(root, SPEC)
+    spec = to_data_spec(load_builtin("aliccp"))
+    writer = SplitWriter(root, spec)
     rng = np.random.default_rng(config.seed)
     chunks = synthetic_chunks(config.rows, config.seed)
     if config.items:
@@ -72,7 +78,20 @@ def prepare(config: BuildConfig, root: Path, reporter: Reporter) -> PreparedData
         writer.add_entities(None, catalog)
     for df in reporter.iterate(chunks, "generate synthetic Ali-CCP", -(-config.rows // CHUNK_ROWS)):
         if config.items:
-            df = df.drop(columns=list(ITEM_FEATURES)).assign(**{C.ITEM_ID: draw(len(df), rng)})
+            df = df.drop(columns=list(spec.item_features)).assign(**{C.ITEM_ID: draw(len(df), rng)})
             df = df.merge(catalog, on=C.ITEM_ID, how="left")
-        write_chunk(writer, df, "synthetic aliccp-raw", rng.choice(3, size=len(df), p=[0.8, 0.1, 0.1]))
+        write_chunk(writer, spec, df, rng.choice(3, size=len(df), p=[0.8, 0.1, 0.1]))
     return writer.close()
+
+
+def write_chunk(writer: SplitWriter, spec: DataSpec, df: pd.DataFrame, assign: np.ndarray) -> None:
+    """Check one chunk of generated rows and write it to the splits ``assign`` gives (``[n]`` of
+    0 train, 1 valid, 2 test), collecting its user and item features."""
+    source = "synthetic aliccp-raw"
+    users, items = list(spec.user_features), list(spec.item_features)
+    require_columns(df, [C.USER_ID, C.ITEM_ID, C.CLICK, *users, *items], source)
+    df = check_interactions(df, source)
+    writer.add_entities(df[[C.USER_ID, *users]], df[[C.ITEM_ID, *items]])
+    keep = [c for c in df.columns if c not in users and c not in items]
+    for number, name in enumerate(("train", "valid", "test")):
+        writer.write(name, df.loc[assign == number, keep])

@@ -3,10 +3,14 @@ import pandas as pd
 import pytest
 
 from build_ensemble import constants as C
-from build_ensemble.datasets import aliccp, synthetic
+from build_ensemble.datasets import aliccp, files, synthetic
+from build_ensemble.datasets.spec import load_builtin
 from build_ensemble.config import make_config
 from build_ensemble.errors import DataError
 from build_ensemble.progress import Reporter
+
+
+USER_FEATURES = [f.name for f in load_builtin("aliccp").user_features]
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +42,11 @@ def test_real_format_files_are_split_and_keep_raw_ids(raw_rows, tmp_path):
     assert len(data.read_split("valid")) + len(data.read_split("test")) == 1000
     assert set(train[C.USER_ID]) <= set(raw_rows[C.USER_ID])
     users = pd.read_parquet(data.users)
-    assert list(users.columns) == [C.USER_ID, *aliccp.USER_FEATURES]
+    assert list(users.columns) == [C.USER_ID, *USER_FEATURES]
     first = raw_rows.drop_duplicates(C.USER_ID).set_index(C.USER_ID)
     for row in users.head(5).itertuples(index=False):
         assert first.loc[row.user_id, "user_age"] == row.user_age
-    assert not set(aliccp.USER_FEATURES) & set(train.columns)
+    assert not set(USER_FEATURES) & set(train.columns)
 
 
 def test_missing_feature_column_names_the_file(raw_rows, tmp_path):
@@ -56,5 +60,5 @@ def test_unreadable_file_and_empty_glob(raw_rows, tmp_path):
     (tmp_path / "train/part-1.parquet").write_bytes(b"not parquet")
     with pytest.raises(DataError, match=r"part-1\.parquet: cannot be read as parquet"):
         aliccp.prepare(_config(tmp_path), tmp_path, Reporter())
-    with pytest.raises(DataError, match="no file matches"):
-        list(aliccp.file_chunks(str(tmp_path / "nothing/*.parquet")))
+    with pytest.raises(DataError, match="interactions: no file matches '.*nothing/\*.parquet'"):
+        aliccp.prepare(_config(tmp_path, train_glob=str(tmp_path / "nothing/*.parquet")), tmp_path, Reporter())
