@@ -50,19 +50,23 @@ def write_embeddings(path: Path, id_column: str, ids: np.ndarray, embeddings: np
     Args:
         path: parquet file to write.
         id_column: ``user_id`` or ``item_id``.
-        ids: ``[n]`` int64 raw ids.
+        ids: ``[n]`` raw ids (int64, or strings).
         embeddings: ``[n, dim]`` float32.
     """
-    pd.DataFrame({id_column: np.asarray(ids, dtype=np.int64), "embedding": list(embeddings.astype(np.float32))}).to_parquet(
-        path, index=False
-    )
+    pd.DataFrame({id_column: raw_ids(ids), "embedding": list(embeddings.astype(np.float32))}).to_parquet(path, index=False)
     return path
 
 
 def read_embeddings(path: Path, id_column: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read a file written by :func:`write_embeddings`: ``([n] ids, [n, dim] float32)``."""
+    """Read a file written by :func:`write_embeddings`: ``([n] raw ids, [n, dim] float32)``."""
     df = pd.read_parquet(path)
-    return df[id_column].to_numpy(np.int64), np.stack(df["embedding"].to_numpy()).astype(np.float32)
+    return raw_ids(df[id_column]), np.stack(df["embedding"].to_numpy()).astype(np.float32)
+
+
+def raw_ids(values) -> np.ndarray:
+    """Raw ids as int64, or as an object array of strings when they are strings."""
+    values = np.asarray(values)
+    return values.astype(np.int64) if values.dtype.kind in "iub" else values.astype(object)
 
 
 def write_json(path: Path, values: dict) -> Path:
@@ -134,7 +138,7 @@ def item_popularity(train: pd.DataFrame, item_ids: np.ndarray) -> pd.DataFrame:
     clicked = train[train[C.CLICK] == 1] if C.CLICK in train else train
     counts = clicked[C.ITEM_ID].value_counts()
     counts = counts.reindex(item_ids, fill_value=0)
-    table = pd.DataFrame({C.ITEM_ID: counts.index.to_numpy(np.int64), "count": counts.to_numpy(np.int64)})
+    table = pd.DataFrame({C.ITEM_ID: raw_ids(counts.index.to_numpy()), "count": counts.to_numpy(np.int64)})
     table = table.sort_values(["count", C.ITEM_ID], ascending=[False, True], kind="stable").reset_index(drop=True)
     table["score"] = (table["count"] / max(1, table["count"].sum())).astype(np.float32)
     return table

@@ -320,7 +320,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = _server_spec(args)
     print(f"\n==> serve (log: {spec.log_path})", file=sys.stderr, flush=True)
     users = pd.read_parquet(result.out / C.TEST_FILE, columns=[C.USER_ID])[C.USER_ID].unique()[:3].tolist()
-    unknown = int(pd.read_parquet(result.out / C.USER_FEATURES_FILE)[C.USER_ID].max()) + 1
+    known = pd.read_parquet(result.out / C.USER_FEATURES_FILE)[C.USER_ID]
+    unknown = "unknown-user" if known.dtype == object else int(known.max()) + 1
     server = TritonServer(spec).start(timeout=args.timeout)
     try:
         for protocol, url in (("grpc", spec.grpc_url), ("http", spec.http_url)):
@@ -418,7 +419,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("recommend", help="ask the served model for the top-k items of users; prints JSON")
-    p.add_argument("--user-id", type=int, action="append", required=True, help="raw user id (repeat for several)")
+    p.add_argument("--user-id", action="append", required=True,
+                   help="raw user id (repeat for several); an integer, or a string for a model of string ids")
     p.add_argument("--k", type=int, default=None, help="items per user (default: the build's --top-k; at most the catalog size and 1000)")
     p.add_argument("--protocol", choices=client.PROTOCOLS, default=client.PROTOCOLS[0], help=f"protocol (default: {client.PROTOCOLS[0]})")
     p.add_argument("--url", default=None, help=f"host:port (default: {client.DEFAULT_URLS['grpc']} for gRPC, "

@@ -18,15 +18,15 @@ class Recommendation:
     """Top-k items of one user.
 
     Attributes:
-        user_id: raw user id.
-        item_ids: raw item ids, best first.
+        user_id: raw user id (int, or str for a model of string ids).
+        item_ids: raw item ids, best first (ints or strs).
         scores: their scores (inner products; popularity shares for a fallback).
         fallback: True when the user was unknown and got the popular items.
         partial_features: True when some of a known user's features were missing (defaults used).
         item_features: ``{feature: [k] values}`` when the model returns them.
     """
 
-    user_id: int
+    user_id: int | str
     item_ids: list
     scores: list
     fallback: bool
@@ -44,23 +44,34 @@ def _module(protocol: str):
     return module
 
 
-def build_inputs(module, user_ids, rank: int = 2, k: int | None = None) -> list:
-    """The request's inputs: ``user_id`` as ``[n, 1]`` INT64 (``[n]`` for a rank-1 model input),
-    and ``k`` (``[n, 1]``, the same value for every user) when given.
+def build_inputs(module, user_ids, rank: int = 2, k: int | None = None, datatype: str = "INT64") -> list:
+    """The request's inputs: ``user_id`` as ``[n, 1]`` INT64 or BYTES (``[n]`` for a rank-1 model
+    input), and ``k`` (``[n, 1]``, the same value for every user) when given.
 
     Args:
         module: ``tritonclient.grpc`` or ``tritonclient.http``.
-        user_ids: ``[n]`` raw user ids.
+        user_ids: ``[n]`` raw user ids (ints, or strings for a model of string ids).
         rank: rank of the model's ``user_id`` input (this project's models: 2).
         k: items per user; None: the model's default.
+        datatype: the model's ``user_id`` datatype, ``INT64`` or ``BYTES``.
+
+    Raises:
+        ValueError: for ids that are not integers when the model takes INT64.
     """
-    ids = np.asarray(user_ids, dtype=np.int64).reshape((-1, 1) if rank == 2 else (-1,))
-    arrays = {C.INPUT_USER_ID: ids}
+    shape = (-1, 1) if rank == 2 else (-1,)
+    if datatype == "BYTES":
+        ids = np.array([str(u).encode() for u in np.asarray(user_ids, dtype=object).reshape(-1)], dtype=object)
+    else:
+        try:
+            ids = np.asarray([int(u) for u in np.asarray(user_ids, dtype=object).reshape(-1)], dtype=np.int64)
+        except ValueError:
+            raise ValueError(f"user ids must be integers for this model (user_id is INT64), got {list(user_ids)[:3]}") from None
+    arrays = {C.INPUT_USER_ID: (ids.reshape(shape), datatype)}
     if k is not None:
-        arrays[C.INPUT_K] = np.full(ids.shape, k, dtype=np.int64)
+        arrays[C.INPUT_K] = (np.full(ids.reshape(shape).shape, k, dtype=np.int64), "INT64")
     tensors = []
-    for name, array in arrays.items():
-        tensor = module.InferInput(name, list(array.shape), "INT64")
+    for name, (array, kind) in arrays.items():
+        tensor = module.InferInput(name, list(array.shape), kind)
         tensor.set_data_from_numpy(array)
         tensors.append(tensor)
     return tensors
@@ -84,8 +95,8 @@ def parse_outputs(user_ids, outputs: dict) -> list:
     for row, user in enumerate(np.asarray(user_ids).reshape(-1)):
         result.append(
             Recommendation(
-                user_id=int(user),
-                item_ids=outputs[C.OUTPUT_ITEM_IDS][row].astype(np.int64).tolist(),
+                user_id=_plain(user),
+                item_ids=[_plain(i) for i in outputs[C.OUTPUT_ITEM_IDS][row]],
                 scores=outputs[C.OUTPUT_SCORES][row].astype(float).tolist(),
                 fallback=bool(outputs[C.OUTPUT_FALLBACK][row].reshape(-1)[0]),
                 partial_features=C.OUTPUT_PARTIAL in outputs and bool(outputs[C.OUTPUT_PARTIAL][row].reshape(-1)[0]),
@@ -125,7 +136,7 @@ class RetrievalClient:
             tritonclient.utils.InferenceServerException: with the server's message.
         """
         meta = self._metadata()
-        inputs = build_inputs(self.module, user_ids, meta["rank"], k)
+        inputs = build_inputs(self.module, user_ids, meta["rank"], k, meta["datatype"])
         kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
         response = self.client.infer(self.model, inputs, **kwargs)
         answer = response.get_response()
@@ -134,17 +145,20 @@ class RetrievalClient:
 
     def recommend(self, user_ids, k: int | None = None) -> list:
         """One :class:`Recommendation` per user, in request order (``k`` items each; None: the model's default)."""
-        return parse_outputs(user_ids, self.infer(user_ids, k))
+        outputs = self.infer(user_ids, k)
+        ids = [str(u) for u in user_ids] if self._metadata()["datatype"] == "BYTES" else [int(u) for u in user_ids]
+        return parse_outputs(np.array(ids, dtype=object), outputs)
 
     def _metadata(self) -> dict:
         """Output names and the ``user_id`` input's rank, asked once from the server."""
         if not hasattr(self, "_meta"):
             meta = self.client.get_model_metadata(self.model)
             if not isinstance(meta, dict):  # gRPC answers with a protobuf message
-                meta = {"inputs": [{"name": i.name, "shape": list(i.shape)} for i in meta.inputs],
+                meta = {"inputs": [{"name": i.name, "shape": list(i.shape), "datatype": i.datatype} for i in meta.inputs],
                         "outputs": [{"name": o.name} for o in meta.outputs]}
             user = next(i for i in meta["inputs"] if i["name"] == C.INPUT_USER_ID)
-            self._meta = {"rank": len(user["shape"]), "outputs": [o["name"] for o in meta["outputs"]]}
+            self._meta = {"rank": len(user["shape"]), "datatype": user["datatype"],
+                          "outputs": [o["name"] for o in meta["outputs"]]}
         return self._meta
 
     def is_ready(self) -> bool:

@@ -63,6 +63,10 @@ class GraphSpec:
         top_k: items per user.
         with_item_features: also return each candidate's item features.
         numpy_tower: serve the query tower from its verified NumPy copy instead of the SavedModel.
+        encoders: the user side of the fitted workflow for the serve-time encoder
+            (``workflow.serving_encoders``; empty: derived from the build folder at export).
+        string_ids: the id columns (``user_id``, ``item_id``) whose raw ids are strings (BYTES
+            tensors); the others are INT64.
     """
 
     tower_inputs: list
@@ -73,6 +77,8 @@ class GraphSpec:
     top_k: int = 10
     with_item_features: bool = False
     numpy_tower: bool = False
+    encoders: list = field(default_factory=list)
+    string_ids: list = field(default_factory=list)
 
 
 def run(config: BuildConfig, build_dir: Path, repository: Path, feature_repo: Path, version: int) -> StageResult:
@@ -120,7 +126,20 @@ def graph_spec(config: BuildConfig, build_dir: Path) -> GraphSpec:
         top_k=config.top_k,
         with_item_features=config.with_item_features,
         numpy_tower=(build_dir / C.COMPILED_TOWER_DIR).exists(),
+        encoders=user_encoders(build_dir),
+        string_ids=list(data.spec.string_ids),
     )
+
+
+def user_encoders(build_dir: Path) -> list:
+    """The serve-time encoder's description of the build's fitted user workflow.
+
+    Raises:
+        DataError: if the workflow holds an operator the encoder does not reproduce.
+    """
+    from build_ensemble.workflow import load_workflow, serving_encoders
+
+    return serving_encoders(load_workflow(build_dir / C.WORKFLOW_DIR), PreparedData.load(build_dir).spec)
 
 
 def _feast_dtype(column: pd.Series) -> str:
@@ -145,20 +164,21 @@ def make_ensemble(spec: GraphSpec, build_dir: str | Path, feature_repo: str, ind
     from merlin.systems.dag import Ensemble
 
     build_dir = Path(build_dir)
+    strings = set(spec.string_ids)
     graph = (
         [C.USER_ID, C.INPUT_K]
-        >> QueryUserFeatures(feature_repo, spec.user_features)
-        >> EncodeUserFeatures(str(build_dir / C.WORKFLOW_DIR), [C.USER_ID, *spec.user_features])
+        >> QueryUserFeatures(feature_repo, spec.user_features, string_ids=C.USER_ID in strings)
+        >> EncodeUserFeatures(str(build_dir / C.WORKFLOW_DIR), spec.encoders)
         >> PredictQueryTower(
             str(build_dir / C.QUERY_TOWER_DIR), spec.tower_inputs, spec.tower_output, spec.dim,
             str(build_dir / C.COMPILED_TOWER_DIR) if spec.numpy_tower else None,
         )
-        >> QueryIndex(str(index_dir or build_dir / C.INDEX_DIR), spec.top_k)
+        >> QueryIndex(str(index_dir or build_dir / C.INDEX_DIR), spec.top_k, string_ids=C.ITEM_ID in strings)
     )
     if spec.with_item_features:
         graph = graph >> QueryItemFeatures(feature_repo, spec.item_features)
     inputs = Schema([
-        ColumnSchema(C.INPUT_USER_ID, dtype=np.int64),
+        ColumnSchema(C.INPUT_USER_ID, dtype=str if C.USER_ID in strings else np.int64),
         ColumnSchema(C.INPUT_K, dtype=np.int64, properties={"optional": True}),
     ])
     return Ensemble(graph, inputs)
@@ -326,6 +346,8 @@ def export_repository(
     build_dir = Path(build_dir)
     if spec is None:
         spec = GraphSpec(**json.loads((build_dir / C.MANIFEST_FILE).read_text())["graph"])
+    if not spec.encoders:  # a manifest written before the graph recorded them
+        spec = dataclasses.replace(spec, encoders=user_encoders(build_dir))
     relative = os.path.relpath(Path(feature_repo).resolve(), Path(repository).resolve())
     ensemble = make_ensemble(spec, build_dir, relative, index_dir)
     return export_graph(ensemble, repository, tower_backend, version=version)

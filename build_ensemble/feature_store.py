@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+import numpy as np
 import pandas as pd
 
 from build_ensemble import constants as C
@@ -22,7 +23,9 @@ from build_ensemble.config import BuildConfig, redis_connection_string
 from build_ensemble.errors import ConfigError
 from build_ensemble.serving.online_store import feast_module, open_store
 
-TEMPLATE_FILES = ("feature_store.yaml", "features.py", ".feastignore")
+# Template file -> file of the repository (features.py.tmpl holds placeholders outside strings).
+TEMPLATE_FILES = {"feature_store.yaml": "feature_store.yaml", "features.py.tmpl": "features.py", ".feastignore": ".feastignore"}
+FEAST_TYPES = {"int64": "Int64", "float64": "Float64", "str": "String", "bool": "Bool"}
 # Every name the template uses, from `constants`: one place for the Feast names.
 TEMPLATE_NAMES = {
     "project": C.FEAST_PROJECT,
@@ -82,14 +85,43 @@ def online_store_yaml(kind: str = "sqlite", redis_url: str | None = None) -> str
     raise ConfigError(f"online_store: got {kind!r}, expected sqlite or redis")
 
 
-def render_template(name: str, online_store: str = "sqlite", redis_url: str | None = None) -> str:
-    """One file of the packaged repository template with its ``${...}`` placeholders filled.
+def render_template(name: str, values: dict) -> str:
+    """One file of the packaged repository template with its ``${...}`` placeholders filled from
+    :data:`TEMPLATE_NAMES` and ``values``.
 
     Raises:
-        KeyError: if the template uses a placeholder this module does not fill (a packaging bug).
+        KeyError: if the template uses a placeholder that is not filled (a packaging bug).
     """
     text = (resources.files("build_ensemble") / "templates" / "feature_repo" / name).read_text()
-    return Template(text).substitute(TEMPLATE_NAMES, online_store=online_store_yaml(online_store, redis_url))
+    return Template(text).substitute(TEMPLATE_NAMES, **values)
+
+
+def feast_schema(table: pd.DataFrame, entity: str) -> str:
+    """The ``schema=[...]`` entries of a feature view over ``table``: every column but the
+    entity, typed from its values (lists by their first element)."""
+    fields = []
+    for column in table.columns:
+        if column in (entity, C.EVENT_TIMESTAMP, C.CREATED_TIMESTAMP):
+            continue
+        fields.append(f"Field(name={column!r}, dtype={feast_type(table[column])})")
+    return ", ".join(fields)
+
+
+def feast_type(values: pd.Series) -> str:
+    """The Feast type of a column: Int64, Float64, String, Bool, or ``Array(...)`` of one."""
+    if values.dtype == object:
+        sample = next((v for v in values if v is not None and not (isinstance(v, float) and v != v)), "")
+        if isinstance(sample, (list, tuple, np.ndarray)):
+            element = next((e for v in values for e in (v if v is not None else []) if e is not None), "")
+            return f"Array({feast_type(pd.Series([element]))})"
+        return "String"
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return "Bool"
+    if pd.api.types.is_integer_dtype(values.dtype):
+        return "Int64"
+    if pd.api.types.is_float_dtype(values.dtype):
+        return "Float64"
+    return "String"
 
 
 def write_repo(
@@ -117,8 +149,15 @@ def write_repo(
         raise ValueError("timestamp must be timezone-aware (Feast assumes naive times are UTC)")
     repo = Path(repo_dir)
     repo.mkdir(parents=True, exist_ok=True)
-    for name in TEMPLATE_FILES:
-        (repo / name).write_text(render_template(name, online_store, redis_url))
+    values = {
+        "online_store": online_store_yaml(online_store, redis_url),
+        "user_id_type": "STRING" if users[C.USER_ID].dtype == object else "INT64",
+        "item_id_type": "STRING" if items[C.ITEM_ID].dtype == object else "INT64",
+        "user_schema": feast_schema(users, C.USER_ID),
+        "item_schema": feast_schema(items, C.ITEM_ID),
+    }
+    for template, name in TEMPLATE_FILES.items():
+        (repo / name).write_text(render_template(template, values))
     data_dir = repo / "data"
     if data_dir.exists():
         shutil.rmtree(data_dir)

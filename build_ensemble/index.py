@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 
 from build_ensemble import constants as C
-from build_ensemble.artifacts import StageResult, item_popularity, read_embeddings
+from build_ensemble.artifacts import StageResult, item_popularity, raw_ids, read_embeddings
 from build_ensemble.config import BuildConfig
 from build_ensemble.prepared import PreparedData
-from build_ensemble.serving.index import INDEX_FILE, INFO_FILE, POPULAR_FILE, IndexInfo, ItemIndex, gpu_count, set_search_params
+from build_ensemble.serving.index import INDEX_FILE, INFO_FILE, ITEM_IDS_FILE, POPULAR_FILE, IndexInfo, ItemIndex, gpu_count, set_search_params
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,8 @@ def build_index(
 
     Args:
         embeddings: ``[num_items, dim]`` float32 item embeddings.
-        ids: ``[num_items]`` int64 raw item ids.
+        ids: ``[num_items]`` raw item ids: int64 (FAISS stores them), or strings (FAISS stores
+            their positions, the index maps them back).
         queries: ``[q, dim]`` float32 user embeddings to measure recall on (as many item
             embeddings are drawn as a second query set).
         kind: ``auto``, ``flat``, ``ivf`` or ``hnsw``.
@@ -174,12 +175,14 @@ def build_index(
     """
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    ids = raw_ids(ids)
+    item_ids = None if ids.dtype == np.int64 else ids
+    ids = ids if item_ids is None else np.arange(len(ids), dtype=np.int64)
     kind = choose_kind(kind, len(ids))
     k = min(k, len(ids))
     raw, params = _make_index(kind, embeddings, ids, seed)
     info = IndexInfo(kind, len(ids), embeddings.shape[1], params, 1.0, k, len(queries), gpu_count() > 0)
-    index = ItemIndex(raw, info)
+    index = ItemIndex(raw, info, item_ids)
     item_queries = embeddings[np.random.default_rng(seed).permutation(len(ids))[: len(queries)]]
     truths = [exact_truth(embeddings, ids, q, k) for q in (queries, item_queries)]
     rows = pd.Index(ids)
@@ -201,11 +204,13 @@ def build_index(
 
 
 def save_index(index: ItemIndex, folder: str | Path) -> Path:
-    """Write ``items.faiss`` and ``index.json`` into ``folder``."""
+    """Write ``items.faiss``, ``index.json`` and, for string ids, ``item_ids.parquet`` into ``folder``."""
     import faiss
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     faiss.write_index(index.index, str(folder / INDEX_FILE))
     (folder / INFO_FILE).write_text(json.dumps(asdict(index.info), indent=2))
+    if index.item_ids is not None:
+        pd.DataFrame({C.ITEM_ID: index.item_ids}).to_parquet(folder / ITEM_IDS_FILE, index=False)
     return folder

@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from build_ensemble.serving.encoding import to_ragged
 from build_ensemble.serving.tower import NumpyTower
 
 ACTIVATIONS = ("relu", "linear")
@@ -31,20 +33,27 @@ def _walk(layer):
             yield from _walk(child)
 
 
-def extract(encoder) -> NumpyTower:
+def extract(encoder, continuous: tuple = ()) -> NumpyTower:
     """Copy the weights of a trained Merlin ``Encoder`` (query or item tower).
 
+    Args:
+        encoder: the trained encoder.
+        continuous: names of its continuous inputs (concatenated as they come).
+
     Raises:
-        UnsupportedTower: for list (multi-hot) inputs, activations other than ReLU/linear,
+        UnsupportedTower: for activations other than ReLU/linear, combiners other than mean,
             or layers that carry weights this module does not know.
     """
-    tables, layers, normalize = {}, [], False
+    tables, kinds, layers, normalize = {}, {name: "continuous" for name in continuous}, [], False
     for layer in _walk(encoder):
         kind = type(layer).__name__
         if kind == "EmbeddingTable":
+            name = layer.col_schema.name
             if layer.col_schema.is_list:
-                raise UnsupportedTower(f"list feature {layer.col_schema.name} (mean-combined) is not reproduced")
-            tables[layer.col_schema.name] = layer.weights[0].numpy().astype(np.float32)
+                if layer.sequence_combiner != "mean":
+                    raise UnsupportedTower(f"list feature {name}: combiner {layer.sequence_combiner!r} is not reproduced")
+                kinds[name] = "list"
+            tables[name] = layer.weights[0].numpy().astype(np.float32)
         elif kind == "_Dense":
             activation = layer.dense.activation.__name__
             if activation not in ACTIVATIONS:
@@ -55,17 +64,32 @@ def extract(encoder) -> NumpyTower:
             normalize = True
         elif layer.weights and kind not in ("ParallelBlock", "SequentialBlock"):
             raise UnsupportedTower(f"layer {kind} ({layer.name}) holds weights this module does not reproduce")
-    return NumpyTower(sorted(tables), tables, layers, normalize)
+    return NumpyTower(sorted([*tables, *continuous]), tables, layers, normalize, kinds)
 
 
-def compile_tower(encoder, inputs: dict, reference: np.ndarray, folder: str | Path, tolerance: float = 1e-4) -> dict:
+def numpy_inputs(encoded: pd.DataFrame, list_features: tuple = ()) -> dict:
+    """The NumPy tower's inputs from an encoded table (``workflow.encode``): a list feature ``f``
+    as ``f__values`` and ``f__offsets``."""
+    inputs = {}
+    for column in encoded.columns:
+        if column in list_features:
+            values, offsets = to_ragged(encoded[column].to_numpy())
+            inputs[f"{column}__values"], inputs[f"{column}__offsets"] = values.astype(np.int64), offsets
+        else:
+            inputs[column] = encoded[column].to_numpy()
+    return inputs
+
+
+def compile_tower(encoder, inputs: dict, reference: np.ndarray, folder: str | Path, continuous: tuple = (),
+                  tolerance: float = 1e-4) -> dict:
     """Extract the NumPy tower, check it against TensorFlow's output, and save it if it agrees.
 
     Args:
         encoder: the trained query encoder.
-        inputs: ``{feature: [n] int64}`` encoded features of every user.
+        inputs: the encoded features of every user (:func:`numpy_inputs`).
         reference: ``[n, dim]`` float32 TensorFlow embeddings of the same users.
         folder: where to save the tower.
+        continuous: names of the continuous inputs.
         tolerance: largest absolute difference accepted.
 
     Returns:
@@ -73,7 +97,7 @@ def compile_tower(encoder, inputs: dict, reference: np.ndarray, folder: str | Pa
         ``{"runtime": "tensorflow", "reason": ...}`` (serving then runs the SavedModel).
     """
     try:
-        tower = extract(encoder)
+        tower = extract(encoder, continuous)
     except UnsupportedTower as exc:
         return {"runtime": "tensorflow", "reason": str(exc)}
     difference = float(np.abs(tower(inputs) - reference).max())

@@ -33,14 +33,15 @@ def run(config: BuildConfig, build_dir: Path, reporter: Reporter) -> StageResult
         build_dir: build folder after the workflow stage.
         reporter: receives each epoch's record and per-batch progress.
     """
-    from build_ensemble.tower import compile_tower
+    from build_ensemble.tower import compile_tower, numpy_inputs
 
     data = PreparedData.load(build_dir)
     users, items = pd.read_parquet(data.users), pd.read_parquet(data.items)
     result, user_vectors, item_vectors, encoded_users = train_and_embed(config, data, users, items, reporter)
     query_dir, item_dir = save_towers(result.model, build_dir)
-    inputs = {c: encoded_users[c].to_numpy() for c in encoded_users.columns}
-    tower = compile_tower(result.model.query_encoder, inputs, user_vectors, build_dir / C.COMPILED_TOWER_DIR)
+    inputs = numpy_inputs(encoded_users, data.spec.list_features)
+    continuous = tuple(f for f in data.spec.user_features if f in data.spec.continuous_features)
+    tower = compile_tower(result.model.query_encoder, inputs, user_vectors, build_dir / C.COMPILED_TOWER_DIR, continuous)
     embeddings = [
         write_embeddings(build_dir / C.USER_EMBEDDINGS_FILE, C.USER_ID, users[C.USER_ID], user_vectors),
         write_embeddings(build_dir / C.ITEM_EMBEDDINGS_FILE, C.ITEM_ID, items[C.ITEM_ID], item_vectors),
@@ -169,9 +170,12 @@ def _encoder(schema, dims: list, config: BuildConfig):
     import merlin.models.tf as mm
     import tensorflow as tf
 
+    from merlin.schema import Tags
+
     ids = id_columns(schema).column_names
     sizes = {name: config.id_embedding_dim for name in ids} if config.id_embedding_dim else None
-    embeddings = mm.Embeddings(schema, dim=sizes, l2_batch_regularization_factor=config.l2_reg)
+    # Embeddings for the categorical and list features; InputBlockV2 adds the continuous ones.
+    embeddings = mm.Embeddings(schema.select_by_tag(Tags.CATEGORICAL), dim=sizes, l2_batch_regularization_factor=config.l2_reg)
     regularizer = tf.keras.regularizers.l2(config.mlp_l2) if config.mlp_l2 else None
     mlp = mm.MLPBlock(
         list(dims), no_activation_last_layer=True, dropout=config.dropout or None, kernel_regularizer=regularizer

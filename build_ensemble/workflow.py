@@ -64,29 +64,55 @@ class TransformedData:
 def make_workflow(spec: DataSpec, scratch: str | Path):
     """Build the (unfitted) NVTabular workflow for the given features.
 
-    ``user_id`` and ``item_id`` are Categorified and tagged USER_ID/USER and ITEM_ID/ITEM, user
-    and item features Categorified and tagged USER and ITEM, and only rows with
-    ``click == 1`` are kept.
+    ``user_id`` and ``item_id`` are Categorified and tagged USER_ID/USER and ITEM_ID/ITEM.
+    Categorical and list features are Categorified (lists element by element, multi-hot) with
+    their ``freq_threshold`` / ``max_size``; continuous features get ``FillMedian`` (or
+    ``FillMissing`` with their ``fill``), ``LogOp`` when ``log``, then ``Normalize``, all fitted
+    on the training split. User features are tagged USER, item features ITEM, and only rows
+    with ``click == 1`` are kept.
 
     Args:
-        spec: which columns are user and item features.
+        spec: which columns are user and item features, and of what kind.
         scratch: where Categorify writes its tables while fitting (``Workflow.save`` copies them).
     """
     import nvtabular as nvt
     from merlin.dag.ops.subgraph import Subgraph
     from nvtabular import ops
 
-    def categorify():
-        return ops.Categorify(dtype="int64", out_path=str(scratch))
+    def side(id_column: str, features: tuple, tag_id, tag_features):
+        graph = [id_column] >> ops.Categorify(dtype="int64", out_path=str(scratch)) >> tag_id()
+        for branch in feature_branches(spec, features, scratch):
+            graph = graph + (branch >> tag_features())
+        return graph
 
-    user = [C.USER_ID] >> categorify() >> ops.TagAsUserID()
-    if spec.user_features:
-        user = user + (list(spec.user_features) >> categorify() >> ops.TagAsUserFeatures())
-    item = [C.ITEM_ID] >> categorify() >> ops.TagAsItemID()
-    if spec.item_features:
-        item = item + (list(spec.item_features) >> categorify() >> ops.TagAsItemFeatures())
+    user = side(C.USER_ID, spec.user_features, ops.TagAsUserID, ops.TagAsUserFeatures)
+    item = side(C.ITEM_ID, spec.item_features, ops.TagAsItemID, ops.TagAsItemFeatures)
     selected = Subgraph(USER_SUBGRAPH, user) + Subgraph(ITEM_SUBGRAPH, item) + [C.CLICK]
     return nvt.Workflow(selected >> ops.Filter(f=_is_click))
+
+
+def feature_branches(spec: DataSpec, features: tuple, scratch: str | Path) -> list:
+    """One NVTabular branch per group of features that share their operators and options."""
+    from nvtabular import ops
+
+    groups: dict = {}
+    for name in features:
+        if name in spec.continuous_features:
+            key = ("continuous", spec.option(name, "fill"), bool(spec.option(name, "log", False)))
+        else:
+            key = ("categorical", spec.option(name, "freq_threshold", 0), spec.option(name, "max_size", 0))
+        groups.setdefault(key, []).append(name)
+    branches = []
+    for (kind, first, second), names in groups.items():
+        if kind == "categorical":
+            options = {k: v for k, v in (("freq_threshold", first), ("max_size", second)) if v}
+            branches.append(names >> ops.Categorify(dtype="int64", out_path=str(scratch), **options))
+            continue
+        branch = names >> (ops.FillMedian() if first is None else ops.FillMissing(fill_val=first))
+        if second:
+            branch = branch >> ops.LogOp()
+        branches.append(branch >> ops.Normalize(out_dtype=np.float32))
+    return branches
 
 
 def _is_click(df):
@@ -235,6 +261,61 @@ def fit_workflow(
             out[split] = _transformed(work_dir, split)
             workflow.transform(dataset).to_parquet(str(out[split]), output_files=max(1, dataset.npartitions))
     return TransformedData(workflow_dir, out["train"], out["valid"])
+
+
+# Operators that only select, join or tag columns: nothing to reproduce at serving time.
+PASS_THROUGH = ("SelectionOp", "ConcatColumns", "Subgraph", "TagAsUserID", "TagAsUserFeatures", "TagAsItemID",
+                "TagAsItemFeatures", "AddTags", "AddMetadata", "AddProperties")
+
+
+def serving_encoders(workflow, spec: DataSpec, subgraph: str = USER_SUBGRAPH) -> list:
+    """What ``serving.encoding.ColumnEncoder`` needs to reproduce one side of the fitted workflow:
+    per input column its kind and its operators with their fitted statistics, in order.
+
+    Raises:
+        DataError: for an operator the serve-time encoder does not implement (naming it and
+            its column), so that no workflow is served wrong.
+    """
+    from merlin.dag import postorder_iter_nodes
+
+    from build_ensemble.errors import DataError
+
+    sub = workflow.get_subworkflow(subgraph)
+    steps: dict = {}
+    for node in postorder_iter_nodes(sub.output_node):
+        name = type(node.op).__name__
+        if node.op is None or name in PASS_THROUGH:
+            continue
+        for column in node.output_columns.names:
+            step = _step(node.op, name, column)
+            if step is None:
+                raise DataError(
+                    f"the workflow's {name} on column {column} has no serve-time encoder (serving/encoding.py "
+                    f"reproduces Categorify, FillMedian, FillMissing, LogOp and Normalize); the repository is not exported"
+                )
+            steps.setdefault(column, []).append(step)
+
+    def kind(column: str) -> str:
+        if column in spec.list_features:
+            return "list"
+        return "continuous" if column in spec.continuous_features else "categorical"
+
+    return [{"column": c, "kind": kind(c), "steps": steps.get(c, [])} for c in sub.input_schema.column_names]
+
+
+def _step(op, name: str, column: str) -> dict | None:
+    """One fitted operator on one column as plain data, or None if it is not reproduced."""
+    if name == "Categorify":
+        return {"op": "categorify"}
+    if name == "FillMedian" and not op.add_binary_cols:
+        return {"op": "fill", "value": float(op.medians[column])}
+    if name == "FillMissing" and not op.add_binary_cols:
+        return {"op": "fill", "value": float(op.fill_val)}
+    if name == "LogOp":
+        return {"op": "log"}
+    if name == "Normalize":
+        return {"op": "normalize", "mean": float(op.means[column]), "std": float(op.stds[column])}
+    return None
 
 
 def load_workflow(workflow_dir: str | Path):

@@ -85,17 +85,19 @@ class UserIds:
         if not 0 <= unknown_share <= 1:
             raise ConfigError(f"unknown_share: got {unknown_share}, expected 0..1")
         self.known = pd.read_parquet(Path(build_dir) / C.USER_FEATURES_FILE, columns=[C.USER_ID])[C.USER_ID].to_numpy()
-        self.first_unknown = int(self.known.max()) + 1
+        self.strings = self.known.dtype == object
+        self.first_unknown = 0 if self.strings else int(self.known.max()) + 1
         self.unknown_share = unknown_share
         self.seed = seed
 
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
-        """``[n]`` int64 ids."""
+        """``[n]`` ids: int64, or strings for a build of string ids (unknown ones ``unknown-<n>``)."""
         rng = np.random.default_rng(self.seed if seed is None else seed)
         ids = rng.choice(self.known, n)
         unknown = rng.random(n) < self.unknown_share
-        ids[unknown] = self.first_unknown + rng.integers(0, 10**6, int(unknown.sum()))
-        return ids.astype(np.int64)
+        drawn = self.first_unknown + rng.integers(0, 10**6, int(unknown.sum()))
+        ids[unknown] = [f"unknown-{d}" for d in drawn] if self.strings else drawn
+        return ids if self.strings else ids.astype(np.int64)
 
 
 def _error_kind(exc: Exception) -> str:

@@ -68,8 +68,10 @@ def install() -> Path:
 
 
 def write_input_data(path: Path, user_ids: np.ndarray) -> Path:
-    """``--input-data`` file: one ``[1, 1]`` INT64 ``user_id`` tensor per request, in this order."""
-    data = [{C.INPUT_USER_ID: {"content": [int(u)], "shape": [1]}} for u in user_ids]
+    """``--input-data`` file: one ``[1, 1]`` ``user_id`` tensor per request (INT64, or BYTES for
+    string ids), in this order."""
+    strings = np.asarray(user_ids).dtype == object
+    data = [{C.INPUT_USER_ID: {"content": [str(u) if strings else int(u)], "shape": [1]}} for u in user_ids]
     path.write_text(json.dumps({"data": data}))
     return path
 

@@ -1,9 +1,15 @@
-"""Categorify at serving time: the fitted NVTabular mappings applied as vectorized lookups.
+"""The user side of the fitted NVTabular workflow at serving time, as vectorized NumPy.
+
+Every operator a build's workflow can hold on a user column is reproduced here from the
+statistics the build extracts (``workflow.serving_encoders``): ``categorify`` (categories and
+lists), ``fill`` (FillMedian / FillMissing), ``log`` (LogOp) and ``normalize`` (Normalize).
+Tests hold the results equal to NVTabular's own ``Workflow.transform`` on the same rows,
+nulls and unseen values included; a workflow with another operator is refused at export.
 
 NVTabular 23.08's Categorify encodes 0 as padding, 1 as null, 2 as out-of-vocabulary and
 3.. as the values seen in training; the value of each code is stored in
-``categories/unique.<column>.parquet`` (index = code). Reading those files gives the same
-codes as running the workflow, without its per-request cost (tests hold the two equal).
+``categories/unique.<column>.parquet`` (index = code). A list column is encoded element by
+element and returned ragged: ``<column>__values`` and ``<column>__offsets`` (Merlin's layout).
 """
 
 from __future__ import annotations
@@ -77,3 +83,63 @@ def copy_categories(workflow_dir: str | Path, columns: list, target: str | Path)
     for column in columns:
         shutil.copy2(Path(workflow_dir) / CATEGORIES_DIR / unique_file(column), out / unique_file(column))
     return out
+
+
+STEPS = ("categorify", "fill", "log", "normalize")
+
+
+class ColumnEncoder:
+    """The fitted workflow's operators on one user column.
+
+    Args:
+        column: column name.
+        kind: ``categorical``, ``list`` or ``continuous``.
+        steps: ``[{"op": "categorify"} | {"op": "fill", "value": v} | {"op": "log"} |
+            {"op": "normalize", "mean": m, "std": s}]`` in the workflow's order.
+        categories: the column's :class:`CategoryEncoder` when a step is ``categorify``.
+    """
+
+    def __init__(self, column: str, kind: str, steps: list, categories: CategoryEncoder | None = None):
+        unknown = [step["op"] for step in steps if step["op"] not in STEPS]
+        if unknown:
+            raise ValueError(f"column {column}: no serve-time encoder for {unknown[0]!r}")
+        self.column, self.kind, self.steps, self.categories = column, kind, list(steps), categories
+
+    @classmethod
+    def read(cls, spec: dict, categories_dir: str | Path) -> "ColumnEncoder":
+        """From one entry of ``workflow.serving_encoders`` and the copied category files."""
+        categorify = any(step["op"] == "categorify" for step in spec["steps"])
+        categories = CategoryEncoder.read(categories_dir, spec["column"]) if categorify else None
+        return cls(spec["column"], spec["kind"], spec["steps"], categories)
+
+    def encode(self, values: np.ndarray) -> dict:
+        """Encode ``[n]`` raw values (object arrays may hold None; list values are lists).
+
+        Returns:
+            ``{column: [n]}`` (int64 codes or float32), or for a list column
+            ``{column__values: [m] int64, column__offsets: [n + 1] int64}``.
+        """
+        if self.kind == "list":
+            flat, offsets = to_ragged(values)
+            return {f"{self.column}__values": self.categories.encode(flat), f"{self.column}__offsets": offsets}
+        if self.kind != "continuous":
+            return {self.column: self.categories.encode(values)}
+        x = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(np.float64)
+        for step in self.steps:
+            if step["op"] == "fill":
+                x = np.where(np.isnan(x), step["value"], x)
+            elif step["op"] == "log":
+                x = np.log(x.astype(np.float32) + 1)
+            elif step["op"] == "normalize":
+                x = (x - step["mean"]) / step["std"] if step["std"] > 0 else x - step["mean"]
+        return {self.column: x.astype(np.float32)}
+
+
+def to_ragged(values) -> tuple[np.ndarray, np.ndarray]:
+    """``[n]`` lists (None: empty) as ``([m] flat values, [n + 1] int64 offsets)``."""
+    lists = [[] if v is None or (isinstance(v, float) and v != v) else list(v) for v in values]
+    offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(v) for v in lists])
+    flat = np.empty(int(offsets[-1]), dtype=object)
+    flat[:] = [x for v in lists for x in v]
+    return flat, offsets

@@ -11,6 +11,7 @@ import numpy as np
 
 INDEX_FILE = "items.faiss"
 INFO_FILE = "index.json"
+ITEM_IDS_FILE = "item_ids.parquet"  # string item ids by position (FAISS stores int64 ids)
 POPULAR_FILE = "popular.parquet"  # the fallback: most popular items in training
 
 
@@ -60,14 +61,30 @@ class ItemIndex:
     with the largest ``q . x`` (0.99 at nprobe 128 on the same data), and the score is
     recovered exactly from the distance.
 
+    FAISS stores int64 ids: a catalog with integer ids stores them as they are; one with string
+    ids stores their positions, and :meth:`to_raw` maps positions back to the strings.
+
     Args:
-        index: the faiss index (ids are raw item ids).
+        index: the faiss index.
         info: how it was built, with its search parameters.
+        item_ids: ``[num_items]`` string item ids by position, or None for integer ids.
     """
 
-    def __init__(self, index, info: IndexInfo):
+    def __init__(self, index, info: IndexInfo, item_ids: np.ndarray | None = None):
         self.index = index
         self.info = info
+        self.item_ids = item_ids
+        self._positions = None if item_ids is None else {item: n for n, item in enumerate(item_ids.tolist())}
+
+    def to_raw(self, ids: np.ndarray) -> np.ndarray:
+        """Index ids (as :meth:`search` returns them) as raw item ids."""
+        return ids if self.item_ids is None else self.item_ids[ids]
+
+    def from_raw(self, raw: np.ndarray) -> np.ndarray:
+        """Raw item ids as index ids."""
+        if self.item_ids is None:
+            return np.asarray(raw, dtype=np.int64)
+        return np.array([self._positions[item] for item in raw], dtype=np.int64)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items of each query.
@@ -77,7 +94,7 @@ class ItemIndex:
             k: items per query.
 
         Returns:
-            ``([n, k] float32 inner products, [n, k] int64 raw ids)``; id -1 marks an empty slot.
+            ``([n, k] float32 inner products, [n, k] int64 index ids)``; id -1 marks an empty slot.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         max_norm = self.info.params.get("max_norm")
@@ -111,4 +128,9 @@ def load_index(folder: str | Path, use_gpu: bool | None = None) -> ItemIndex:
     use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
     if use_gpu and info.kind != "hnsw":  # faiss has no GPU HNSW
         raw = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, raw)
-    return ItemIndex(raw, info)
+    item_ids = None
+    if (folder / ITEM_IDS_FILE).exists():
+        import pandas as pd
+
+        item_ids = pd.read_parquet(folder / ITEM_IDS_FILE).iloc[:, 0].to_numpy(dtype=object)
+    return ItemIndex(raw, info, item_ids)

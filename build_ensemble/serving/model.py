@@ -27,29 +27,43 @@ class RequestError(ValueError):
     """A request the client must fix (answered with INVALID_ARG)."""
 
 
-def check_user_ids(values: np.ndarray | None) -> np.ndarray:
+def check_user_ids(values: np.ndarray | None, strings: bool = False) -> np.ndarray:
     """Validate the ``user_id`` tensor of one request.
 
     Args:
-        values: the request's ``user_id`` tensor, ``[n, 1]`` int64, or None if absent.
+        values: the request's ``user_id`` tensor, ``[n, 1]`` int64 (BYTES, an object array of
+            bytes, with ``strings``), or None if absent.
+        strings: the model's user ids are strings.
 
     Returns:
-        ``[n]`` int64 ids.
+        ``[n]`` int64 ids, or an object array of str.
 
     Raises:
         RequestError: naming the input and the problem.
     """
     if values is None:
         raise RequestError(f"input '{C.INPUT_USER_ID}' is missing")
-    if values.dtype != np.int64:
-        raise RequestError(f"input '{C.INPUT_USER_ID}' must be INT64, got {values.dtype}")
+    if values.dtype != (np.object_ if strings else np.int64):
+        raise RequestError(f"input '{C.INPUT_USER_ID}' must be {'BYTES (string ids)' if strings else 'INT64'}, got {values.dtype}")
     if values.ndim != 2 or values.shape[1] != 1:
         raise RequestError(f"input '{C.INPUT_USER_ID}' must have shape [batch, 1], got {list(values.shape)}")
     if values.shape[0] == 0:
         raise RequestError(f"input '{C.INPUT_USER_ID}' is empty: send at least one user id")
+    if strings:
+        return _string_ids(values)
     ids = values.reshape(-1)
     if (ids < 0).any():
         raise RequestError(f"input '{C.INPUT_USER_ID}' holds a negative id ({int(ids[ids < 0][0])}); ids are >= 0")
+    return ids
+
+
+def _string_ids(values: np.ndarray) -> np.ndarray:
+    try:
+        ids = np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values.reshape(-1)], dtype=object)
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"input '{C.INPUT_USER_ID}' holds an id that is not UTF-8 ({exc.reason})") from None
+    if (ids == "").any():
+        raise RequestError(f"input '{C.INPUT_USER_ID}' holds an empty id at position {int(np.flatnonzero(ids == '')[0])}")
     return ids
 
 
@@ -94,6 +108,7 @@ class TritonPythonModel:
         except RecsysError as exc:
             raise pb_utils.TritonModelException(f"{config['name']}: {exc}") from None
         self.outputs = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
+        self.string_ids = next(i for i in config["input"] if i["name"] == C.INPUT_USER_ID)["data_type"] == "TYPE_STRING"
         self.per_item = {o["name"] for o in config["output"] if list(o["dims"]) == [-1]}
         index = self.runtime.index_op(self.ensemble)
         self.default_k, self.max_k = index.top_k, index.max_k
@@ -108,7 +123,7 @@ class TritonPythonModel:
         batches, ks, owners = [], [], []
         for number, request in enumerate(requests):
             try:
-                ids = check_user_ids(self._input(request, C.INPUT_USER_ID))
+                ids = check_user_ids(self._input(request, C.INPUT_USER_ID), self.string_ids)
                 k = check_k(self._input(request, C.INPUT_K), len(ids), self.default_k, self.max_k)
             except RequestError as exc:
                 responses[number] = pb.InferenceResponse(error=pb.TritonError(str(exc), pb.TritonError.INVALID_ARG))
@@ -150,7 +165,11 @@ class TritonPythonModel:
 
     def _tensor(self, name: str, values: np.ndarray):
         dtype = self.outputs[name]
-        array = values.astype(object) if dtype == np.object_ else values.astype(dtype, copy=False)
+        if dtype == np.object_:  # BYTES: Triton sends bytes
+            array = np.array([v.encode() if isinstance(v, str) else v for v in values.reshape(-1)], dtype=object)
+            array = array.reshape(values.shape)
+        else:
+            array = values.astype(dtype, copy=False)
         return self.pb.Tensor(name, np.ascontiguousarray(array))
 
     def finalize(self) -> None:

@@ -64,6 +64,7 @@ class OnlineReader:
     """
 
     def __init__(self, store, view: str, entity: str, features: list[str]):
+        from feast import ValueType
         from feast.infra.provider import get_provider
 
         self.table = store.get_feature_view(view)
@@ -71,6 +72,7 @@ class OnlineReader:
         self.provider = get_provider(store.config)
         self.entity = entity
         self.features = list(features)
+        self.string_keys = store.get_entity(entity).value_type == ValueType.STRING
 
     def check(self) -> None:
         """Fail fast when the online store cannot answer (missing or corrupt SQLite file,
@@ -88,7 +90,7 @@ class OnlineReader:
                     f"online store {path} is missing: run `build-ensemble build`, or `feast materialize` in {self.config.repo_path}"
                 )
         try:
-            self.read(np.zeros(1, dtype=np.int64))
+            self.read(np.array([""], dtype=object) if self.string_keys else np.zeros(1, dtype=np.int64))
         except Exception as exc:  # noqa: BLE001  whatever the store raises, say which store and why
             raise ArtifactNotFoundError(
                 f"online store ({online.type}) of {self.config.repo_path} cannot be read: {type(exc).__name__}: {exc}"
@@ -98,7 +100,7 @@ class OnlineReader:
         """Features of ``ids``.
 
         Args:
-            ids: ``[n]`` int64 raw ids.
+            ids: ``[n]`` raw ids (int64, or strings for an entity of string join keys).
 
         Returns:
             ``({feature: [n] object array}, found)`` where ``found`` is ``[n]`` bool: False
@@ -109,7 +111,8 @@ class OnlineReader:
         from feast.protos.feast.types.Value_pb2 import Value
         from feast.type_map import feast_value_type_to_python_type
 
-        keys = [EntityKey(join_keys=[self.entity], entity_values=[Value(int64_val=int(i))]) for i in ids]
+        values = [Value(string_val=str(i)) for i in ids] if self.string_keys else [Value(int64_val=int(i)) for i in ids]
+        keys = [EntityKey(join_keys=[self.entity], entity_values=[value]) for value in values]
         # A copy: Feast's Redis store appends its timestamp key to the list it is given, which
         # grew our list by one per call (latency rose with every request).
         rows = self.provider.online_read(

@@ -27,7 +27,7 @@ import pandas as pd
 
 from build_ensemble import constants as C
 from build_ensemble.errors import ArtifactNotFoundError, RecsysError
-from build_ensemble.serving.encoding import CATEGORIES_DIR, CategoryEncoder, copy_categories
+from build_ensemble.serving.encoding import CATEGORIES_DIR, ColumnEncoder, copy_categories
 
 from merlin.dag import BaseOperator, ColumnSelector  # noqa: E402  (import order: merlin after ours)
 from merlin.schema import ColumnSchema, Schema  # noqa: E402
@@ -125,13 +125,16 @@ class QueryUserFeatures(_FeastOperator):
         feature_repo: feature repository path relative to the model repository's folder.
         features: ``{name: numpy dtype}`` of the user features to read.
         view: feature view name.
+        string_ids: the user ids are strings.
     """
 
-    def __init__(self, feature_repo: str, features: dict, view: str = C.USER_VIEW):
+    def __init__(self, feature_repo: str, features: dict, view: str = C.USER_VIEW, string_ids: bool = False):
         super().__init__(feature_repo, view, C.USER_ID, features)
+        self.string_ids = bool(string_ids)
 
     def transform(self, col_selector: ColumnSelector, transformable):
-        ids = _values(transformable, C.USER_ID).reshape(-1).astype(np.int64)
+        ids = _values(transformable, C.USER_ID).reshape(-1)
+        ids = ids.astype(object) if self.string_ids else ids.astype(np.int64)
         columns, found = self._read(ids)
         missing = np.zeros(len(ids), dtype=bool)
         for values in columns.values():
@@ -141,7 +144,7 @@ class QueryUserFeatures(_FeastOperator):
 
     def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None):
         return Schema(
-            [ColumnSchema(C.USER_ID, dtype=np.int64)]
+            [ColumnSchema(C.USER_ID, dtype=str if self.string_ids else np.int64)]
             + [ColumnSchema(name, dtype=dtype) for name, dtype in self.features.items()]
             + [ColumnSchema(FOUND, dtype=bool), ColumnSchema(PARTIAL, dtype=bool)]
             + carried_schema(input_schema)
@@ -149,34 +152,47 @@ class QueryUserFeatures(_FeastOperator):
 
 
 class EncodeUserFeatures(BaseOperator):
-    """Applies the fitted user-side Categorify of the NVTabular workflow (vectorized).
+    """Applies the user side of the fitted NVTabular workflow (``serving.encoding``, vectorized).
 
     Args:
         workflow_dir: saved workflow whose categories are copied at export.
-        columns: user columns to encode (``user_id`` and the user features).
+        encoders: per user column (``user_id`` and the user features) its kind and fitted
+            operators, from ``workflow.serving_encoders``.
     """
 
-    def __init__(self, workflow_dir: str, columns: list):
+    def __init__(self, workflow_dir: str, encoders: list):
         super().__init__()
         self.workflow_dir = str(workflow_dir)
-        self.columns = list(columns)
-        self._encoders: dict = {}
+        self.encoders = [dict(e) for e in encoders]
+        self._encoders: list = []
+
+    @property
+    def columns(self) -> list:
+        return [e["column"] for e in self.encoders]
 
     def save_artifacts(self, artifact_path: str) -> None:
-        copy_categories(self.workflow_dir, self.columns, artifact_path)
+        categorified = [e["column"] for e in self.encoders if any(s["op"] == "categorify" for s in e["steps"])]
+        copy_categories(self.workflow_dir, categorified, artifact_path)
 
     def load_artifacts(self, artifact_path: str = "") -> None:
         if not artifact_path:
             return
         folder = Path(artifact_path) / CATEGORIES_DIR
-        self._encoders = {c: CategoryEncoder.read(folder, c) for c in self.columns}
+        self._encoders = [ColumnEncoder.read(e, folder) for e in self.encoders]
 
     def transform(self, col_selector: ColumnSelector, transformable):
-        columns = {c: self._encoders[c].encode(_values(transformable, c)) for c in self.columns}
+        columns: dict = {}
+        for encoder in self._encoders:
+            columns.update(encoder.encode(_values(transformable, encoder.column)))
         return _table(transformable, {**columns, **carry(transformable)})
 
     def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None):
-        return Schema([ColumnSchema(c, dtype=np.int64) for c in self.columns] + carried_schema(input_schema))
+        dtypes = {"categorical": np.int64, "list": np.int64, "continuous": np.float32}
+        return Schema(
+            [ColumnSchema(e["column"], dtype=dtypes[e["kind"]], is_list=e["kind"] == "list",
+                          is_ragged=e["kind"] == "list") for e in self.encoders]
+            + carried_schema(input_schema)
+        )
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_encoders"}
@@ -192,7 +208,8 @@ class PredictQueryTower(BaseOperator):
 
     Args:
         saved_model_dir: the tower SavedModel written by the build.
-        inputs: names of the tower's int64 inputs.
+        inputs: the names of the tower signature's inputs (a list feature ``f`` as ``f__values``
+            and ``f__offsets``).
         output: name of the signature's output.
         dim: embedding size.
         numpy_dir: the verified NumPy tower, or None.
@@ -222,16 +239,17 @@ class PredictQueryTower(BaseOperator):
             return
         import tensorflow as tf
 
-        model = tf.saved_model.load(str(path))
+        signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+        specs = signature.structured_input_signature[1]
 
         def run(feeds: dict) -> np.ndarray:
-            tensors = {name: tf.constant(values, dtype=tf.int64) for name, values in feeds.items()}
-            return model.signatures["serving_default"](**tensors)[self.output].numpy()
+            tensors = {name: tf.constant(values, dtype=specs[name].dtype) for name, values in feeds.items()}
+            return signature(**tensors)[self.output].numpy()
 
         self._run = run
 
     def transform(self, col_selector: ColumnSelector, transformable):
-        embedding = self._run({name: _values(transformable, name) for name in self.inputs})
+        embedding = self._run(tower_feeds(transformable, self.inputs))
         return _table(transformable, {QUERY_EMBEDDING: embedding, **carry(transformable)})
 
     def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None):
@@ -241,6 +259,15 @@ class PredictQueryTower(BaseOperator):
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_run"}
+
+
+def tower_feeds(transformable, inputs: list) -> dict:
+    """The tower's inputs by signature name; a list column ``f`` gives ``f__values`` and ``f__offsets``."""
+    feeds = {}
+    for name in inputs:
+        column, _, part = name.rpartition("__") if name.endswith(("__values", "__offsets")) else (name, "", "")
+        feeds[name] = transformable[column].offsets if part == "offsets" else transformable[column].values
+    return feeds
 
 
 class QueryTowerTriton(PredictQueryTower):
@@ -269,9 +296,7 @@ class QueryTowerTriton(PredictQueryTower):
     def transform(self, col_selector: ColumnSelector, transformable):
         import triton_python_backend_utils as pb_utils
 
-        inputs = [
-            pb_utils.Tensor(name, _values(transformable, name).astype(np.int64).reshape(-1, 1)) for name in self.inputs
-        ]
+        inputs = [pb_utils.Tensor(name, values.reshape(-1, 1)) for name, values in tower_feeds(transformable, self.inputs).items()]
         request = pb_utils.InferenceRequest(
             model_name=self.model_name, requested_output_names=[self.output], inputs=inputs
         )
@@ -285,7 +310,7 @@ class QueryTowerTriton(PredictQueryTower):
 class QueryIndex(BaseOperator):
     """Top-k items of each query embedding from the FAISS index; popular items for unknown users.
 
-    Outputs ``item_ids`` ``[n, k]`` int64 (raw ids), ``scores`` ``[n, k]`` float32 (inner
+    Outputs ``item_ids`` ``[n, k]`` raw ids (int64, or strings), ``scores`` ``[n, k]`` float32 (inner
     products; for fallback rows the items' share of training clicks), ``fallback`` and
     ``partial_features`` ``[n, 1]`` bool. Slots an ANN index leaves empty are filled with
     popular items. ``k`` is ``top_k`` unless the table carries a per-user ``k`` column (the
@@ -294,12 +319,14 @@ class QueryIndex(BaseOperator):
     Args:
         index_dir: folder written by the build (``items.faiss``, ``index.json``, ``popular.parquet``).
         top_k: default number of items per user.
+        string_ids: the catalog's item ids are strings.
     """
 
-    def __init__(self, index_dir: str, top_k: int):
+    def __init__(self, index_dir: str, top_k: int, string_ids: bool = False):
         super().__init__()
         self.index_dir = str(index_dir)
         self.top_k = int(top_k)
+        self.string_ids = bool(string_ids)
         self._index = None
 
     def save_artifacts(self, artifact_path: str) -> None:
@@ -313,7 +340,7 @@ class QueryIndex(BaseOperator):
         folder = Path(artifact_path) / INDEX_DIR
         self._index = load_index(folder)
         popular = pd.read_parquet(folder / POPULAR_FILE)
-        self._popular_ids = popular[C.ITEM_ID].to_numpy(np.int64)
+        self._popular_ids = self._index.from_raw(popular[C.ITEM_ID].to_numpy())  # index ids, as searched
         self._popular_scores = popular["score"].to_numpy(np.float32)
 
     @property
@@ -336,7 +363,7 @@ class QueryIndex(BaseOperator):
         partial = _values(transformable, PARTIAL).astype(bool).reshape(-1, 1)
         return _table(
             transformable,
-            {C.OUTPUT_ITEM_IDS: ids, C.OUTPUT_SCORES: scores, C.OUTPUT_FALLBACK: ~found.reshape(-1, 1),
+            {C.OUTPUT_ITEM_IDS: self._index.to_raw(ids), C.OUTPUT_SCORES: scores, C.OUTPUT_FALLBACK: ~found.reshape(-1, 1),
              C.OUTPUT_PARTIAL: partial},
         )
 
@@ -352,7 +379,7 @@ class QueryIndex(BaseOperator):
     def compute_output_schema(self, input_schema, col_selector, prev_output_schema=None):
         return Schema(
             [
-                ColumnSchema(C.OUTPUT_ITEM_IDS, dtype=np.int64, dims=(None, None)),
+                ColumnSchema(C.OUTPUT_ITEM_IDS, dtype=str if self.string_ids else np.int64, dims=(None, None)),
                 ColumnSchema(C.OUTPUT_SCORES, dtype=np.float32, dims=(None, None)),
                 ColumnSchema(C.OUTPUT_FALLBACK, dtype=bool, dims=(None, 1)),
                 ColumnSchema(C.OUTPUT_PARTIAL, dtype=bool, dims=(None, 1)),

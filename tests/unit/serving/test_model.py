@@ -85,7 +85,7 @@ def _model(pb_utils, graph) -> TritonPythonModel:
     model = TritonPythonModel()
     model.pb, model.ensemble, model.runtime = pb_utils, None, graph
     model.outputs, model.per_item = dict(OUTPUTS), {C.OUTPUT_ITEM_IDS, C.OUTPUT_SCORES}
-    model.default_k, model.max_k = 4, 50
+    model.default_k, model.max_k, model.string_ids = 4, 50, False
     return model
 
 

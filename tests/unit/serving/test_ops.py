@@ -97,18 +97,35 @@ def _categories(folder, column, values, codes):
     pd.DataFrame({column: values}, index=codes).to_parquet(folder / CATEGORIES_DIR / unique_file(column))
 
 
-def test_encode_user_features_applies_the_fitted_codes_and_passes_the_flags(tmp_path):
+def test_encode_user_features_applies_the_fitted_operators_and_passes_the_flags(tmp_path):
     workflow = tmp_path / "workflow"
     _categories(workflow, C.USER_ID, [7, 9, 11], [3, 4, 5])
     _categories(workflow, "city", ["a", "b"], [3, 4])
-    op = ops.EncodeUserFeatures(str(workflow), [C.USER_ID, "city"])
+    _categories(workflow, "tags", ["x", "y"], [3, 4])
+    categorify = [{"op": "categorify"}]
+    encoders = [
+        {"column": C.USER_ID, "kind": "categorical", "steps": categorify},
+        {"column": "city", "kind": "categorical", "steps": categorify},
+        {"column": "tags", "kind": "list", "steps": categorify},
+        {"column": "age", "kind": "continuous",
+         "steps": [{"op": "fill", "value": 30.0}, {"op": "normalize", "mean": 20.0, "std": 5.0}]},
+    ]
+    op = ops.EncodeUserFeatures(str(workflow), encoders)
     artifacts = _artifacts(tmp_path)
     op.save_artifacts(str(artifacts))
+    assert sorted(p.name for p in (artifacts / CATEGORIES_DIR).iterdir()) == [
+        unique_file(c) for c in ("city", "tags", C.USER_ID)]  # no category file for a continuous column
     op.load_artifacts(str(artifacts))
+    tags = np.empty(3, dtype=object)
+    tags[:] = [["y", "q"], None, []]
     out = op.transform(None, _table(user_id=np.array([9, 8, 11]), city=np.array(["b", None, "z"], dtype=object),
+                                    tags=tags, age=np.array([25.0, None, 10.0], dtype=object),
                                     found=np.array([True, False, True]), partial=np.array([False, False, True])))
     assert out[C.USER_ID].values.tolist() == [4, OOV_CODE, 5]
     assert out["city"].values.tolist() == [4, NULL_CODE, OOV_CODE]
+    assert out["tags"].values.tolist() == [4, OOV_CODE] and out["tags"].offsets.tolist() == [0, 2, 2, 2]
+    np.testing.assert_allclose(out["age"].values, [1.0, 2.0, -2.0])  # a missing age takes the fill value
+    assert out["age"].values.dtype == np.float32
     assert out[ops.PARTIAL].values.tolist() == [False, False, True]
 
 
@@ -193,7 +210,9 @@ def test_every_operator_declares_the_request_columns_it_passes_on(tmp_path):
     request = Schema([ColumnSchema(C.USER_ID, dtype=np.int64), ColumnSchema(C.INPUT_K, dtype=np.int64)])
     user = ops.QueryUserFeatures("x", {"age": "int64"}).compute_output_schema(request, None)
     assert user.column_names == [C.USER_ID, "age", ops.FOUND, ops.PARTIAL, C.INPUT_K]
-    encoded = ops.EncodeUserFeatures("w", [C.USER_ID, "age"]).compute_output_schema(user, None)
+    steps = [{"op": "categorify"}]
+    encoders = [{"column": C.USER_ID, "kind": "categorical", "steps": steps}, {"column": "age", "kind": "continuous", "steps": []}]
+    encoded = ops.EncodeUserFeatures("w", encoders).compute_output_schema(user, None)
     assert encoded.column_names == [C.USER_ID, "age", ops.FOUND, ops.PARTIAL, C.INPUT_K]
     tower = ops.PredictQueryTower("s", [C.USER_ID, "age"], "o", 8).compute_output_schema(encoded, None)
     assert tower.column_names == [ops.QUERY_EMBEDDING, ops.FOUND, ops.PARTIAL, C.INPUT_K]
