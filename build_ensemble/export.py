@@ -31,6 +31,7 @@ import pandas as pd
 from build_ensemble import constants as C
 from build_ensemble.artifacts import StageResult
 from build_ensemble.config import BuildConfig
+from build_ensemble.errors import ConfigError
 from build_ensemble.prepared import PreparedData
 from build_ensemble.serving.ops import (
     EncodeUserFeatures,
@@ -194,9 +195,28 @@ def tower_signature(saved_model_dir: str | Path) -> tuple[list, str, int]:
     return inputs, output, int(spec.shape[-1])
 
 
-def tensorflow_tower_config(op: PredictQueryTower, name: str, max_batch_size: int):
-    """``config.pbtxt`` of the query tower for Triton's TensorFlow backend."""
+def tensorflow_tower_config(op: PredictQueryTower, name: str, max_batch_size: int, float_inputs: tuple = ()):
+    """``config.pbtxt`` of the query tower for Triton's TensorFlow backend.
+
+    Args:
+        op: the tower operator (signature input and output names, size).
+        name: the Triton model name.
+        max_batch_size: dynamic batching limit.
+        float_inputs: the inputs that are FP32 (continuous features); the others are INT64.
+
+    Raises:
+        ConfigError: for a tower with list inputs, whose ragged ``__values`` / ``__offsets``
+            tensors Triton cannot batch.
+    """
     import tritonclient.grpc.model_config_pb2 as mc
+
+    ragged = [i for i in op.inputs if i.endswith(("__values", "__offsets"))]
+    if ragged:
+        raise ConfigError(
+            f"tower_backend: the query tower reads list features ({', '.join(ragged)}), whose ragged tensors "
+            f"Triton's TensorFlow backend cannot batch; export with --tower-backend python (the NumPy or "
+            f"SavedModel tower inside the graph's process)"
+        )
 
     config = mc.ModelConfig(
         name=name,
@@ -210,9 +230,8 @@ def tensorflow_tower_config(op: PredictQueryTower, name: str, max_batch_size: in
     config.parameters["TF_SIGNATURE_DEF"].string_value = "serving_default"
     for input_name in op.inputs:
         # The signature takes [batch] tensors; Triton batches [batch, 1], reshaped to [batch].
-        config.input.append(
-            mc.ModelInput(name=input_name, data_type=mc.TYPE_INT64, dims=[1], reshape=mc.ModelTensorReshape(shape=[]))
-        )
+        kind = mc.TYPE_FP32 if input_name in float_inputs else mc.TYPE_INT64
+        config.input.append(mc.ModelInput(name=input_name, data_type=kind, dims=[1], reshape=mc.ModelTensorReshape(shape=[])))
     config.output.append(mc.ModelOutput(name=op.output, data_type=mc.TYPE_FP32, dims=[op.dim]))
     return config
 
@@ -264,6 +283,11 @@ def executor_config(ensemble, name: str, max_batch_size: int, instances: int):
     return config
 
 
+def ensemble_encoders(ensemble) -> list:
+    """The user columns' encoders of a graph (its ``EncodeUserFeatures``)."""
+    return next(node.op.encoders for node in graph_nodes(ensemble) if isinstance(node.op, EncodeUserFeatures))
+
+
 def _write_config(config, folder: Path) -> None:
     from google.protobuf import text_format
 
@@ -310,7 +334,8 @@ def export_graph(
             tower_name = f"0_{QueryTowerTriton.export_name}"
             saved_model = repository / tower_name / str(version) / "model.savedmodel"
             shutil.copytree(node.op.saved_model_dir, saved_model, dirs_exist_ok=True)
-            _write_config(tensorflow_tower_config(node.op, tower_name, max_batch_size), repository / tower_name)
+            floats = tuple(e["column"] for e in ensemble_encoders(ensemble) if e["kind"] == "continuous")
+            _write_config(tensorflow_tower_config(node.op, tower_name, max_batch_size, floats), repository / tower_name)
             node.op = QueryTowerTriton(node.op, tower_name)
             models.append(tower_name)
         node.op.save_artifacts(str(artifact_path))

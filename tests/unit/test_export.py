@@ -70,3 +70,17 @@ def test_tensorflow_tower_config_for_gpu_images():
     ]
     assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [("output_1", mc.TYPE_FP32, [64])]
     assert config.max_batch_size == 256 and config.HasField("dynamic_batching")
+
+
+def test_the_tensorflow_tower_takes_continuous_inputs_as_fp32_and_refuses_lists():
+    import pytest
+    import tritonclient.grpc.model_config_pb2 as mc
+
+    from build_ensemble.errors import ConfigError
+
+    op = PredictQueryTower("unused", ["age", "user_id"], "output_1", 8)
+    config = tensorflow_tower_config(op, "0_query_tower", 256, float_inputs=("age",))
+    assert [(i.name, i.data_type) for i in config.input] == [("age", mc.TYPE_FP32), ("user_id", mc.TYPE_INT64)]
+    lists = PredictQueryTower("unused", ["tags__offsets", "tags__values", "user_id"], "output_1", 8)
+    with pytest.raises(ConfigError, match=r"reads list features \(tags__offsets, tags__values\).*--tower-backend python"):
+        tensorflow_tower_config(lists, "0_query_tower", 256)

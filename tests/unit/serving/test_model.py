@@ -168,3 +168,14 @@ def test_other_missing_names_of_the_serving_package_are_attribute_errors():
 
     with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
         serving.nothing  # noqa: B018
+
+
+def test_string_ids_are_decoded_and_empty_or_broken_ones_refused():
+    ids = check_user_ids(np.array([[b"user-1"], ["caf\u00e9".encode()]], dtype=object), strings=True)
+    assert ids.tolist() == ["user-1", "caf\u00e9"]
+    with pytest.raises(RequestError, match=r"input 'user_id' holds an empty id at position 1"):
+        check_user_ids(np.array([[b"a"], [b""]], dtype=object), strings=True)
+    with pytest.raises(RequestError, match=r"input 'user_id' holds an id that is not UTF-8"):
+        check_user_ids(np.array([[b"\xff\xfe"]], dtype=object), strings=True)
+    with pytest.raises(RequestError, match=r"input 'user_id' must be BYTES \(string ids\), got int64"):
+        check_user_ids(np.array([[3]], dtype=np.int64), strings=True)
