@@ -86,16 +86,17 @@ def _default(owner, name: str):
     return inspect.signature(owner).parameters[name].default
 
 
-def _add_config_options(parser: argparse.ArgumentParser, names: tuple | None = None, default_text: str | None = None) -> None:
+def _add_config_options(parser: argparse.ArgumentParser, names: tuple | None = None, default_text: dict | None = None) -> None:
     """Flags for ``BuildConfig``'s fields (all, or ``names``); their values default to None
-    (unset), and the help shows the field's default or ``default_text``."""
+    (unset), and the help shows the field's default or ``default_text[name]``."""
     if names is None:
         parser.add_argument("--config", help="YAML file of option: value (flags override it)")
     for f in dataclasses.fields(BuildConfig):
         if names is not None and f.name not in names:
             continue
         flag = "--" + f.name.replace("_", "-")
-        helptext = f"{f.metadata.get('help', '')} (default: {default_text or _default(BuildConfig, f.name)})"
+        shown = (default_text or {}).get(f.name, _default(BuildConfig, f.name))
+        helptext = f"{f.metadata.get('help', '')} (default: {shown})"
         kwargs = {"dest": f.name, "default": None, "help": helptext}
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
@@ -321,7 +322,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n==> serve (log: {spec.log_path})", file=sys.stderr, flush=True)
     users = pd.read_parquet(result.out / C.TEST_FILE, columns=[C.USER_ID])[C.USER_ID].unique()[:3].tolist()
     known = pd.read_parquet(result.out / C.USER_FEATURES_FILE)[C.USER_ID]
-    unknown = "unknown-user" if known.dtype == object else int(known.max()) + 1
+    unknown = int(known.max()) + 1 if pd.api.types.is_integer_dtype(known.dtype) else "unknown-user"
     server = TritonServer(spec).start(timeout=args.timeout)
     try:
         for protocol, url in (("grpc", spec.grpc_url), ("http", spec.http_url)):
@@ -387,7 +388,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", default=_default(BuildConfig, "repository"),
                    help=f"model repository to write (default: {_default(BuildConfig, 'repository')})")
     p.add_argument("--feature-repo", default=None, help="where the models find the Feast repository (default: the build's)")
-    _add_config_options(p, EXPORT_OPTIONS, default_text="the build's")
+    _add_config_options(p, EXPORT_OPTIONS, default_text={
+        **{name: "the build's" for name in EXPORT_OPTIONS}, "model_version": "0: one above the repository's highest"})
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="test metrics of an existing build, from its exported embeddings")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from build_ensemble import constants as C
+from build_ensemble.errors import ConfigError
 
 PROTOCOLS = ("grpc", "http")
 DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
@@ -56,7 +57,7 @@ def build_inputs(module, user_ids, rank: int = 2, k: int | None = None, datatype
         datatype: the model's ``user_id`` datatype, ``INT64`` or ``BYTES``.
 
     Raises:
-        ValueError: for ids that are not integers when the model takes INT64.
+        ConfigError: for ids that are not integers when the model takes INT64.
     """
     shape = (-1, 1) if rank == 2 else (-1,)
     if datatype == "BYTES":
@@ -65,7 +66,7 @@ def build_inputs(module, user_ids, rank: int = 2, k: int | None = None, datatype
         try:
             ids = np.asarray([int(u) for u in np.asarray(user_ids, dtype=object).reshape(-1)], dtype=np.int64)
         except ValueError:
-            raise ValueError(f"user ids must be integers for this model (user_id is INT64), got {list(user_ids)[:3]}") from None
+            raise ConfigError(f"user ids must be integers for this model (its user_id is INT64), got {list(user_ids)[:3]}") from None
     arrays = {C.INPUT_USER_ID: (ids.reshape(shape), datatype)}
     if k is not None:
         arrays[C.INPUT_K] = (np.full(ids.reshape(shape).shape, k, dtype=np.int64), "INT64")

@@ -38,6 +38,7 @@ FEATURE_REPO_ENV = "BUILD_ENSEMBLE_FEATURE_REPO"
 REPOSITORY_FORMAT = 2
 
 # Files of a build folder.
+WORK_DIR = ".work"  # scratch (converted raw data, joined and transformed parts), removed at publish
 TRAIN_FILE = "train.parquet"
 VALID_FILE = "valid.parquet"
 TEST_FILE = "test.parquet"

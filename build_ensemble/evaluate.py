@@ -101,8 +101,8 @@ class Catalog:
     """Row order of users and items shared by embeddings, scores and interaction matrices.
 
     Attributes:
-        user_ids: ``[num_users]`` int64 raw user ids.
-        item_ids: ``[num_items]`` int64 raw item ids (the whole catalog).
+        user_ids: ``[num_users]`` raw user ids (int64 or strings).
+        item_ids: ``[num_items]`` raw item ids (the whole catalog).
     """
 
     user_ids: np.ndarray

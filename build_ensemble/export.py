@@ -100,16 +100,29 @@ def run(config: BuildConfig, build_dir: Path, repository: Path, feature_repo: Pa
     spec = graph_spec(config, build_dir)
     index_dir = build_dir / C.INDEX_DIR
     index_info = json.loads((index_dir / index.INFO_FILE).read_text())
-    if not index.satisfies(index_info, config.index, config.top_k):
-        index_dir = repository.parent / f".{repository.name}.index"
-        index_info = index.run(config, build_dir, index_dir).summary["index"]
     try:
+        if not index.satisfies(index_info, config.index, config.top_k):
+            index_dir = repository.parent / f".{repository.name}.index"
+            index_info = index.run(config, build_dir, index_dir).summary["index"]
         models = export_repository(build_dir, repository, feature_repo, spec, config.tower_backend, version, index_dir)
     finally:
         if index_dir != build_dir / C.INDEX_DIR:
             shutil.rmtree(index_dir, ignore_errors=True)
     summary = {"models": models, "graph": dataclasses.asdict(spec), "model_version": version, "index": index_info}
     return StageResult([repository / name for name in models], summary)
+
+
+def check_tower_backend(config: BuildConfig, build_dir: Path) -> None:
+    """Refuse, before training, a TensorFlow-backend tower that could not be exported.
+
+    Raises:
+        ConfigError: for list user features with ``tower_backend="tensorflow"``.
+    """
+    spec = PreparedData.load(build_dir).spec
+    lists = [f for f in spec.user_features if f in spec.list_features]
+    if config.tower_backend == "tensorflow" and lists:
+        raise ConfigError(f"tower_backend: the query tower would read list features ({', '.join(lists)}), whose "
+                          f"ragged tensors Triton's TensorFlow backend cannot batch; use --tower-backend python")
 
 
 def graph_spec(config: BuildConfig, build_dir: Path) -> GraphSpec:

@@ -20,12 +20,11 @@ import pandas as pd
 from build_ensemble import constants as C
 from build_ensemble.artifacts import StageResult
 from build_ensemble.config import BuildConfig, redis_connection_string
-from build_ensemble.errors import ConfigError
+from build_ensemble.errors import ConfigError, DataError
 from build_ensemble.serving.online_store import feast_module, open_store
 
 # Template file -> file of the repository (features.py.tmpl holds placeholders outside strings).
 TEMPLATE_FILES = {"feature_store.yaml": "feature_store.yaml", "features.py.tmpl": "features.py", ".feastignore": ".feastignore"}
-FEAST_TYPES = {"int64": "Int64", "float64": "Float64", "str": "String", "bool": "Bool"}
 # Every name the template uses, from `constants`: one place for the Feast names.
 TEMPLATE_NAMES = {
     "project": C.FEAST_PROJECT,
@@ -121,6 +120,8 @@ def feast_type(values: pd.Series) -> str:
         return "Int64"
     if pd.api.types.is_float_dtype(values.dtype):
         return "Float64"
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        return "UnixTimestamp"
     return "String"
 
 
@@ -151,8 +152,8 @@ def write_repo(
     repo.mkdir(parents=True, exist_ok=True)
     values = {
         "online_store": online_store_yaml(online_store, redis_url),
-        "user_id_type": "STRING" if users[C.USER_ID].dtype == object else "INT64",
-        "item_id_type": "STRING" if items[C.ITEM_ID].dtype == object else "INT64",
+        "user_id_type": "INT64" if pd.api.types.is_integer_dtype(users[C.USER_ID].dtype) else "STRING",
+        "item_id_type": "INT64" if pd.api.types.is_integer_dtype(items[C.ITEM_ID].dtype) else "STRING",
         "user_schema": feast_schema(users, C.USER_ID),
         "item_schema": feast_schema(items, C.ITEM_ID),
     }
@@ -163,6 +164,10 @@ def write_repo(
         shutil.rmtree(data_dir)
     data_dir.mkdir()
     for table, source in ((users, C.FEAST_USER_SOURCE), (items, C.FEAST_ITEM_SOURCE)):
+        taken = [c for c in (C.EVENT_TIMESTAMP, C.CREATED_TIMESTAMP) if c in table.columns]
+        if taken:
+            raise DataError(f"the user or item table has a column named {taken[0]}, which the feature store uses "
+                            f"for its timestamps; rename it")
         table = table.copy()
         for column in table.columns:
             if pd.api.types.is_integer_dtype(table[column].dtype):

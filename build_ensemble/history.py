@@ -1,8 +1,8 @@
 """The user's latest items as query features, point in time (YouTube DNN's watch history).
 
 With ``--recent-items N`` every interaction row and every user row gets the columns
-``recent_item_1`` (the latest) .. ``recent_item_N``: raw item ids, ``NO_ITEM`` where the user
-has fewer items. Each row sees only what its query would have seen:
+``recent_item_1`` (the latest) .. ``recent_item_N``: raw item ids, ``NO_ITEM`` (-1; ``""`` for a
+catalog of string ids) where the user has fewer items. Each row sees only what its query would have seen:
 
 - a training row: the N training items before it in the user's time order;
 - a validation row (and the user table validation scores with): the N latest training items;
@@ -44,7 +44,7 @@ def previous_items(interactions: pd.DataFrame, n: int) -> pd.DataFrame:
 
 def _filled(values: pd.Series, dtype) -> pd.Series:
     """Recent items with the no-item marker where the user has fewer, in the ids' type."""
-    if dtype == object:
+    if not pd.api.types.is_integer_dtype(dtype):
         return values.fillna(NO_ITEM_STRING).astype(object)
     return values.fillna(NO_ITEM).astype("int64")
 

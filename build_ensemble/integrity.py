@@ -65,8 +65,8 @@ def verify_version(folder: Path) -> None:
     if manifest.get(FORMAT_KEY) != C.REPOSITORY_FORMAT:
         raise IntegrityError(
             f"{folder} was exported by another build-ensemble (repository format {manifest.get(FORMAT_KEY, 1)}, "
-            f"this one serves {C.REPOSITORY_FORMAT}): re-export it with "
-            f"`build-ensemble export --out BUILD --repository {folder.parent.parent}` or rebuild it"
+            f"this one serves {C.REPOSITORY_FORMAT}): re-export it with `build-ensemble export --out BUILD "
+            f"--repository {folder.parent.parent} --model-version {folder.name}` or rebuild it (or remove the folder)"
         )
     actual = folder_checksums(folder)
     for name in sorted(set(expected) | set(actual)):

@@ -69,6 +69,7 @@ def build(config: BuildConfig, reporter: Reporter | None = None) -> BuildResult:
     stages = Stages(reporter or Reporter())
     with publish.staging(targets) as staged:
         stages.run("data", data.run, config, staged.out, stages.reporter)
+        export.check_tower_backend(config, staged.out)
         stages.run("workflow", workflow.run, config, staged.out)
         stages.run("train", train.run, config, staged.out, stages.reporter)
         stages.run("evaluate", evaluate.run, config, staged.out)
@@ -123,7 +124,10 @@ def export_build(out: str | Path, repository: str | Path, feature_repo: str | Pa
     unknown = set(overrides or {}) - set(EXPORT_OPTIONS)
     if unknown:
         raise ConfigError(f"export can change {', '.join(EXPORT_OPTIONS)} only, got {', '.join(sorted(unknown))}")
-    config = make_config(overrides={**built["options"], **{k: v for k, v in (overrides or {}).items() if v is not None}})
+    publish.check_repository_target(repository, out)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    # A new version by default: the versions a server may be serving are left as they are.
+    config = make_config(overrides={**built["options"], "model_version": 0, **given})
     feature_repo = Path(feature_repo or built["feature_repo"])
     version = publish.model_version(repository, config.model_version)
     targets = publish.Targets(out, feature_repo, repository)

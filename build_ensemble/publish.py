@@ -38,6 +38,24 @@ def partial(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
+def check_repository_target(repository: Path, build_dir: Path) -> None:
+    """Refuse to publish models into a folder that is not a model repository (publishing removes
+    what is not a model there) or into the build folder itself.
+
+    Raises:
+        ConfigError: naming the folder and what it holds.
+    """
+    from build_ensemble.errors import ConfigError
+
+    if repository.resolve() == build_dir.resolve():
+        raise ConfigError(f"--repository {repository} is the build folder; give the model repository's folder")
+    entries = repository.iterdir() if repository.is_dir() else []
+    foreign = [e.name for e in entries if e.name not in KEEP and not (e / "config.pbtxt").exists()]
+    if foreign:
+        raise ConfigError(f"--repository {repository} is not a model repository (it holds {', '.join(sorted(foreign)[:3])}, "
+                          f"which are not models); give an empty or new folder, or a model repository")
+
+
 def model_version(repository: Path, requested: int, model: str = C.MODEL_NAME) -> int:
     """The version to write: ``requested``, or for 0 one above the highest in the repository."""
     if requested:

@@ -26,7 +26,7 @@ USER_SUBGRAPH = "user"
 ITEM_SUBGRAPH = "item"
 WORKER_PRELOAD = "build_ensemble.dask_worker"  # keeps TensorFlow out of ETL workers
 JOINED_ROW_GROUP_ROWS = 200_000  # about 14 MB of joined synthetic Ali-CCP rows in memory
-WORK_DIR = ".work"  # scratch of the build folder (joined and transformed parts), removed at publish
+WORK_DIR = C.WORK_DIR
 
 
 def run(config: BuildConfig, build_dir: Path) -> StageResult:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from build_ensemble import constants as C
 from build_ensemble.config import BuildConfig
 from build_ensemble.datasets.files import prepare_spec
 from build_ensemble.datasets.spec import load_builtin
@@ -39,7 +40,7 @@ PADDING = "padding,0,1,,0,\n"  # click 0, conversion 1: a line the converter ski
 
 def prepare(config: BuildConfig, root: Path, reporter: Reporter) -> PreparedData:
     """The source's ``prepare`` (see ``datasets``): convert ``config.data_dir``, then the Ali-CCP spec."""
-    converted = convert(Path(config.data_dir).expanduser(), root / ".work" / "aliccp-raw")
+    converted = convert(Path(config.data_dir).expanduser(), root / C.WORK_DIR / "aliccp-raw")
     spec = load_builtin("aliccp", interactions=converted / "train" / "*.parquet",
                         validation=converted / "test" / "*.parquet")
     return prepare_spec(spec, config, root, reporter)
@@ -76,7 +77,7 @@ def convert(data_dir: Path, out: Path, file_size: int = FILE_SIZE) -> Path:
         prepare_aliccp(str(staged), output_dir=str(out), file_size=file_size, pickle_common_features=False)
     finally:
         for feeder in feeders:
-            feeder.join()
+            feeder.release()
     for split, feeder in zip(SPLITS, feeders):
         if feeder.error:
             raise feeder.error
@@ -94,6 +95,21 @@ class _Feeder(threading.Thread):
         self.error: Exception | None = None
 
     def run(self) -> None:
+        try:
+            self._feed()
+        except Exception as exc:  # noqa: BLE001  kept for the caller; a pipe closed by a failed converter lands here
+            self.error = self.error or DataError(f"{self.source}: feeding Merlin's converter failed ({type(exc).__name__}: {exc})")
+
+    def release(self, timeout: float = 30.0) -> None:
+        """Wait for the feeder; if the converter stopped without reading the pipe (it failed),
+        open the pipe's reading end so the writer is not left blocked, and stop it."""
+        self.join(timeout=0.5)
+        if self.is_alive():
+            reader = os.open(self.pipe, os.O_RDONLY | os.O_NONBLOCK)
+            os.close(reader)
+            self.join(timeout)
+
+    def _feed(self) -> None:
         with open(self.pipe, "w") as out:
             lines = 0
             with open(self.source) as raw:

@@ -40,6 +40,7 @@ CHUNK_ROWS = 1_000_000
 PARQUET = (".parquet", ".pq")
 CSV = (".csv", ".csv.gz", ".tsv")
 LIST_SEPARATOR = "|"
+INTEGER = r"0|[1-9][0-9]{0,17}"  # a csv id read as int64 (other texts stay strings)
 
 
 def prepare(config: BuildConfig, root: Path, reporter: Reporter) -> PreparedData:
@@ -96,8 +97,10 @@ def to_data_spec(spec: DatasetSpec, string_ids: tuple = ()) -> DataSpec:
     features = spec.features
     options = {}
     for f in features:
-        values = {"freq_threshold": f.freq_threshold, "max_size": f.max_size, "log": f.log, "fill": f.fill}
-        values = {k: v for k, v in values.items() if v}
+        values = {"freq_threshold": f.freq_threshold, "max_size": f.max_size, "log": f.log}
+        values = {k: v for k, v in values.items() if v}  # 0 and False are the defaults
+        if f.fill is not None:  # fill: 0 is a value
+            values["fill"] = f.fill
         if values:
             options[f.name] = values
     return DataSpec(
@@ -125,8 +128,9 @@ def match(pattern: str, spec: DatasetSpec, key: str) -> list:
     return files
 
 
-def read_chunks(file: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-    """The rows of one parquet or csv file, chunk by chunk.
+def read_chunks(file: str, chunk_rows: int = CHUNK_ROWS, text: tuple = ()) -> Iterator[pd.DataFrame]:
+    """The rows of one parquet or csv file, chunk by chunk. In csv files only an empty cell is
+    null (``NA`` stays a value) and the ``text`` columns are read as strings.
 
     Raises:
         DataError: if the file cannot be read (with the parser's reason, e.g. a ragged csv row).
@@ -139,7 +143,10 @@ def read_chunks(file: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFram
                 yield batch.to_pandas()
         else:
             sep = "\t" if file.endswith(".tsv") else ","
-            yield from pd.read_csv(file, sep=sep, chunksize=chunk_rows, keep_default_na=True)
+            header = pd.read_csv(file, sep=sep, nrows=0).columns
+            dtypes = {column: str for column in text if column in header}
+            yield from pd.read_csv(file, sep=sep, chunksize=chunk_rows, keep_default_na=False, na_values=[""],
+                                   dtype=dtypes)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{file}: cannot be read as {'parquet' if file.endswith(PARQUET) else 'csv'} ({reason})") from None
@@ -160,7 +167,7 @@ class Reader:
 
     def data_spec(self, first_file: str) -> DataSpec:
         """The prepared data's spec, with the id types of the first interaction chunk."""
-        first = next(read_chunks(first_file, 1000), pd.DataFrame())
+        first = next(self._chunks(first_file, 1000), pd.DataFrame())
         require_columns(first, [self.spec.user_id, self.spec.item_id], first_file)
         self.string_ids = tuple(
             internal for internal, column in ((C.USER_ID, self.spec.user_id), (C.ITEM_ID, self.spec.item_id))
@@ -173,7 +180,7 @@ class Reader:
         the declared features the chunk holds, raw ids."""
         spec = self.spec
         for file in files:
-            for raw in read_chunks(file):
+            for raw in self._chunks(file):
                 required = [spec.user_id, spec.item_id] + [c for c in (spec.timestamp, spec.label) if c]
                 if spec.users is None:
                     required += self.user_names
@@ -183,15 +190,16 @@ class Reader:
                 for internal, column in ((C.USER_ID, spec.user_id), (C.ITEM_ID, spec.item_id)):
                     require_ids(raw, column, file, strings=internal in self.string_ids)
                 df = _renamed(raw, {spec.user_id: C.USER_ID, spec.item_id: C.ITEM_ID})
-                df = df.astype({c: "int64" for c in (C.USER_ID, C.ITEM_ID) if c not in self.string_ids})
+                df = df.astype({c: object if c in self.string_ids else "int64" for c in (C.USER_ID, C.ITEM_ID)})
                 df[C.CLICK] = self._clicks(df, file)
                 if spec.timestamp:
                     df[C.TIMESTAMP] = seconds(df[spec.timestamp], file, spec.timestamp)
                 yield check_features(df, self.spec.features, file)
 
     def kept(self, df: pd.DataFrame) -> list:
-        """The interaction columns that go into the splits."""
-        return [C.USER_ID, C.ITEM_ID, C.CLICK] + ([C.TIMESTAMP] if self.spec.timestamp else [])
+        """The interaction columns that go into the splits: ids, ``click``, the timestamp and the label."""
+        extra = [c for c in (C.TIMESTAMP if self.spec.timestamp else None, self.spec.label) if c and c != C.CLICK]
+        return [C.USER_ID, C.ITEM_ID, C.CLICK, *extra]
 
     def collect(self, writer: SplitWriter, df: pd.DataFrame, users: bool, items: bool) -> None:
         """Take user / item feature rows from interactions when no table gives them."""
@@ -207,13 +215,12 @@ class Reader:
         files = match(path, self.spec, "users" if id_column == C.USER_ID else "items")
         parts = []
         for file in files:
-            for df in read_chunks(file):
+            for df in self._chunks(file):
                 require_columns(df, [raw_id, *names], file)
                 strings = id_column in self.string_ids
                 require_ids(df, raw_id, file, strings=strings)
                 df = _renamed(df, {raw_id: id_column})
-                if not strings:
-                    df[id_column] = df[id_column].astype("int64")
+                df[id_column] = df[id_column].astype(object if strings else "int64")
                 parts.append(check_features(df, [f for f in self.spec.features if f.name in names], file))
         table = pd.concat(parts, ignore_index=True)
         duplicated = table[id_column].duplicated()
@@ -221,6 +228,19 @@ class Reader:
             raise DataError(f"{path}: {raw_id} {table[id_column][duplicated].iloc[0]!r} has "
                             f"{int(duplicated.sum()) + 1} rows; the table needs one row per id")
         return table
+
+    def _chunks(self, file: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+        """A file's chunks; in csv files the ids and lists are read as text, and ids that are all
+        plain integers (no sign, no leading zero) become int64."""
+        spec = self.spec
+        ids = (spec.user_id, spec.item_id)
+        lists = tuple(f.name for f in spec.features if f.kind == "list")
+        for df in read_chunks(file, chunk_rows, text=ids + lists):
+            if file.endswith(CSV):
+                for column in ids:
+                    if column in df.columns and df[column].dtype == object and df[column].str.fullmatch(INTEGER).all():
+                        df[column] = df[column].astype("int64")
+            yield df
 
     def _clicks(self, df: pd.DataFrame, file: str) -> pd.Series:
         spec = self.spec
@@ -267,6 +287,11 @@ def seconds(values: pd.Series, file: str, column: str) -> pd.Series:
         return (stamps.astype("int64") // 10**9).astype("int64")
     if ptypes.is_numeric_dtype(values.dtype) and not ptypes.is_bool_dtype(values.dtype):
         return values.astype("int64")
+    if values.dtype == object:
+        try:
+            return seconds(pd.to_datetime(values, utc=True), file, column)
+        except (ValueError, TypeError):
+            pass
     raise DataError(f"{file}: timestamp column {column} must hold integer seconds or datetimes, got dtype "
                     f"{values.dtype} (first values {values.head(3).tolist()})")
 
@@ -282,11 +307,7 @@ def check_features(df: pd.DataFrame, features, file: str) -> pd.DataFrame:
             continue
         values = df[feature.name]
         if feature.kind == "continuous":
-            if not ptypes.is_numeric_dtype(values.dtype) or ptypes.is_bool_dtype(values.dtype):
-                bad = values[pd.to_numeric(values, errors="coerce").isna() & values.notna()]
-                raise DataError(f"{file}: continuous feature {feature.name} holds non-numbers (dtype {values.dtype}, "
-                                f"e.g. {bad.iloc[0]!r} at row {bad.index[0]}); declare it categorical or clean it")
-            df[feature.name] = values.astype("float64")
+            df[feature.name] = _numbers(values, file, feature)
         elif feature.kind == "list":
             df[feature.name] = _lists(values, file, feature.name)
         else:
@@ -297,6 +318,29 @@ def check_features(df: pd.DataFrame, features, file: str) -> pd.DataFrame:
             if values.dtype == object:
                 df[feature.name] = values.map(lambda v: v if v is None or isinstance(v, str) or v != v else str(v))
     return df
+
+
+def _numbers(values: pd.Series, file: str, feature) -> pd.Series:
+    """A continuous feature as float64 (numbers written as text are read as numbers).
+
+    Raises:
+        DataError: for values that are not numbers, or below -1 with ``log``.
+    """
+    numbers = pd.to_numeric(values, errors="coerce") if not ptypes.is_bool_dtype(values.dtype) else None
+    if numbers is None or not ptypes.is_numeric_dtype(numbers.dtype):
+        bad = values.dropna()
+        raise DataError(f"{file}: continuous feature {feature.name} holds non-numbers (dtype {values.dtype}, "
+                        f"e.g. {bad.iloc[0]!r} at row {bad.index[0]}); declare it categorical or clean it")
+    bad = values[numbers.isna() & values.notna()]
+    if len(bad):
+        raise DataError(f"{file}: continuous feature {feature.name} holds non-numbers (dtype {values.dtype}, "
+                        f"e.g. {bad.iloc[0]!r} at row {bad.index[0]}); declare it categorical or clean it")
+    numbers = numbers.astype("float64")
+    if feature.log and (numbers <= -1).any():
+        row = numbers.index[int(np.flatnonzero((numbers <= -1).to_numpy())[0])]
+        raise DataError(f"{file}: continuous feature {feature.name} has log: true but holds {numbers[row]:g} at row {row}; "
+                        f"log(1 + x) needs x > -1")
+    return numbers
 
 
 def _lists(values: pd.Series, file: str, name: str) -> pd.Series:

@@ -35,6 +35,8 @@ from build_ensemble.config import read_mapping
 from build_ensemble.errors import ConfigError
 
 KINDS = ("categorical", "continuous", "list")
+# Column names the build itself writes (ids, the positive flag, time, Feast's timestamps, recent items).
+RESERVED = ("user_id", "item_id", "click", "timestamp", "event_timestamp", "created")
 KEYS = ("interactions", "validation", "users", "items", "user_id", "item_id", "timestamp", "label",
         "label_threshold", "user_features", "item_features")
 REQUIRED = ("interactions", "user_id", "item_id")
@@ -115,9 +117,11 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> DatasetSpec:
 
 def load_builtin(name: str, **paths) -> DatasetSpec:
     """A built-in data set's spec (``specs/<name>.yaml`` of this package), its file keys
-    (``interactions``, ``validation``, ``users``, ``items``) set to ``paths``."""
+    (``interactions``, ``validation``, ``users``, ``items``) set to ``paths`` (relative ones are
+    taken from the current folder, as on the command line)."""
+    absolute = {k: str(Path(v).expanduser().resolve()) for k, v in paths.items() if v is not None}
     with resources.as_file(resources.files("build_ensemble.datasets") / "specs" / f"{name}.yaml") as path:
-        return load_spec(path, {k: str(v) for k, v in paths.items() if v is not None})
+        return load_spec(path, absolute)
 
 
 def parse_spec(values: dict, path: Path) -> DatasetSpec:
@@ -146,6 +150,9 @@ def parse_spec(values: dict, path: Path) -> DatasetSpec:
             raise ConfigError(f"{where}: feature {name!r} is declared twice")
         if name in reserved:
             raise ConfigError(f"{where}: {name!r} is an id, timestamp or label column, not a feature")
+        if name in RESERVED or name.startswith("recent_item_"):
+            raise ConfigError(f"{where}: feature name {name!r} is taken by the build "
+                              f"({', '.join(RESERVED)}, recent_item_N); rename the column")
     root = path.parent
 
     def absolute(value):

@@ -16,12 +16,10 @@ import pandas as pd
 
 from build_ensemble import constants as C
 from build_ensemble.config import BuildConfig
-from build_ensemble.datasets.files import to_data_spec
+from build_ensemble.datasets.files import CHUNK_ROWS, to_data_spec
 from build_ensemble.datasets.spec import load_builtin
 from build_ensemble.prepared import DataSpec, PreparedData, SplitWriter, check_interactions, require_columns
 from build_ensemble.progress import Reporter
-
-CHUNK_ROWS = 1_000_000
 
 
 def synthetic_chunks(rows: int, seed: int, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:

@@ -6,7 +6,7 @@ uses. ``import-linter`` enforces this (``pyproject.toml``, run by ``make test``)
 
 Modules, in the order a request meets them: ``model`` (``TritonPythonModel``), ``runtime``
 (runs the graph), ``ops`` (its operators), ``online_store`` (Feast reads), ``encoding``
-(serve-time Categorify), ``tower`` (the NumPy query tower), ``index`` (FAISS search).
+(the fitted workflow's user-side operators), ``tower`` (the NumPy query tower), ``index`` (FAISS search).
 """
 
 

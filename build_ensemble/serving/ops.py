@@ -6,7 +6,7 @@
 They follow merlin-systems' operator API (schemas in and out, ``save_artifacts`` /
 ``load_artifacts``) and replace the stock ``QueryFeast``, ``TransformWorkflow``,
 ``PredictTensorflow`` and ``QueryFaiss`` where those are wrong for this service: ids stay
-int64, each user of a batch gets its own top-k, unknown users get the popular items and a
+int64 (or strings, end to end), each user of a batch gets its own top-k, unknown users get the popular items and a
 ``fallback`` flag, constructors do no I/O, no absolute path is pickled, and the tower
 reloads after unpickling. Artifacts are loaded only from an exported repository
 (``load_artifacts(path)``); merlin's ``Graph`` calls it with "" at construction, which is a

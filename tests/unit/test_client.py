@@ -33,3 +33,12 @@ def test_outputs_become_one_recommendation_per_user():
 def test_an_unknown_protocol_is_refused():
     with pytest.raises(ValueError, match="protocol must be one of grpc, http, got 'kserve'"):
         RetrievalClient("127.0.0.1:1", protocol="kserve")
+
+
+def test_string_ids_become_bytes_and_letters_are_refused_for_an_int64_model():
+    from build_ensemble.errors import ConfigError
+
+    (user_id,) = build_inputs(grpcclient, ["user-1", "x"], datatype="BYTES")
+    assert (user_id.datatype(), user_id.shape()) == ("BYTES", [2, 1])
+    with pytest.raises(ConfigError, match=r"user ids must be integers for this model \(its user_id is INT64\), got \['abc'\]"):
+        build_inputs(grpcclient, ["abc"])

@@ -84,3 +84,19 @@ def test_the_tensorflow_tower_takes_continuous_inputs_as_fp32_and_refuses_lists(
     lists = PredictQueryTower("unused", ["tags__offsets", "tags__values", "user_id"], "output_1", 8)
     with pytest.raises(ConfigError, match=r"reads list features \(tags__offsets, tags__values\).*--tower-backend python"):
         tensorflow_tower_config(lists, "0_query_tower", 256)
+
+
+def test_a_tensorflow_tower_with_list_features_is_refused_before_training(tmp_path):
+    import json
+
+    import pytest
+
+    from build_ensemble.config import make_config
+    from build_ensemble.errors import ConfigError
+    from build_ensemble.export import check_tower_backend
+
+    spec = {"user_features": ["tags", "age"], "item_features": [], "list_features": ["tags"]}
+    (tmp_path / "data.json").write_text(json.dumps({"spec": spec, "counts": {}}))
+    check_tower_backend(make_config(), tmp_path)  # the Python backend takes lists
+    with pytest.raises(ConfigError, match=r"would read list features \(tags\).*use --tower-backend python"):
+        check_tower_backend(make_config(overrides={"tower_backend": "tensorflow"}), tmp_path)

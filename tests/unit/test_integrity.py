@@ -46,5 +46,5 @@ def test_a_version_of_another_repository_format_is_refused_with_what_to_do(tmp_p
     del manifest["repository_format"]  # what versions exported before the format was recorded hold
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IntegrityError, match=r"exported by another build-ensemble \(repository format 1, this one serves 2\): "
-                                             r"re-export it with `build-ensemble export --out BUILD"):
+                                             r"re-export it with `build-ensemble export --out BUILD --repository .* --model-version 1`"):
         verify_repository(tmp_path)

@@ -37,3 +37,19 @@ def test_an_export_stages_only_the_repository(tmp_path):
     with staging(targets, folders=("repository",)) as staged:
         assert (staged.out, staged.feature_repo, staged.repository) == (targets.out, targets.feature_repo, partial(targets.repository))
     assert [p.name for p in tmp_path.iterdir()] == ["mr.partial"]  # left for the caller to merge
+
+
+def test_models_are_not_published_into_a_folder_that_is_not_a_repository(tmp_path):
+    from build_ensemble.errors import ConfigError
+    from build_ensemble.publish import check_repository_target
+
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "train.parquet").mkdir()
+    with pytest.raises(ConfigError, match=r"is not a model repository \(it holds train.parquet"):
+        check_repository_target(tmp_path / "artifacts", tmp_path / "build")
+    with pytest.raises(ConfigError, match="is the build folder"):
+        check_repository_target(tmp_path / "build", tmp_path / "build")
+    _version(tmp_path / "repo")
+    (tmp_path / "repo" / "README.md").write_text("kept")
+    check_repository_target(tmp_path / "repo", tmp_path / "build")
+    check_repository_target(tmp_path / "new", tmp_path / "build")

@@ -62,3 +62,11 @@ def test_unreadable_file_and_empty_glob(raw_rows, tmp_path):
         aliccp.prepare(_config(tmp_path), tmp_path, Reporter())
     with pytest.raises(DataError, match="interactions: no file matches '.*nothing/\*.parquet'"):
         aliccp.prepare(_config(tmp_path, train_glob=str(tmp_path / "nothing/*.parquet")), tmp_path, Reporter())
+
+
+def test_relative_globs_are_taken_from_the_current_folder(raw_rows, tmp_path, monkeypatch):
+    _write(raw_rows, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    config = make_config(overrides={"dataset": "aliccp", "train_glob": "train/*.parquet", "valid_glob": "valid/*.parquet"})
+    (tmp_path / "out").mkdir()
+    assert aliccp.prepare(config, tmp_path / "out", Reporter()).counts["train_rows"] == 2000

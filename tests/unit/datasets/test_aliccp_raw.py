@@ -37,3 +37,12 @@ def test_every_valid_row_of_the_raw_files_arrives(tmp_path, lines):
 def test_missing_raw_files_are_named(tmp_path):
     with pytest.raises(DataError, match=r"train/sample_skeleton_train.csv is missing: --data-dir needs Ali-CCP as downloaded"):
         aliccp_raw.convert(tmp_path, tmp_path / "out")
+
+
+def test_a_failing_converter_fails_the_build_and_leaves_no_writer_blocked(tmp_path):
+    raw = tmp_path / "raw"
+    write_raw_aliccp(raw, {"train": 50, "test": 20})
+    skeleton = raw / "train" / "sample_skeleton_train.csv"
+    skeleton.write_text(skeleton.read_text().replace(",c1,", ",no-such-user,"))  # a common index the converter lacks
+    with pytest.raises(KeyError):
+        aliccp_raw.convert(raw, tmp_path / "out", file_size=100)

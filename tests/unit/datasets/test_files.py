@@ -57,7 +57,7 @@ def test_own_files_become_the_prepared_layout(own, tmp_path):
     assert data.spec.continuous_features == ("age", "price") and data.spec.list_features == ("interests", "tags")
     assert data.spec.options == {"price": {"log": True}}
     train = data.read_split("train")
-    assert list(train.columns) == [C.USER_ID, C.ITEM_ID, C.CLICK, C.TIMESTAMP]
+    assert list(train.columns) == [C.USER_ID, C.ITEM_ID, C.CLICK, C.TIMESTAMP, "rating"]  # the label stays
     assert train[C.USER_ID].str.startswith("user-").all() and train[C.ITEM_ID].str.startswith("SKU").all()
     raw = pd.concat([pd.read_parquet(p) for p in sorted((own.parent / "events").glob("*.parquet"))])
     assert sum(data.counts[f"{s}_rows"] for s in ("train", "valid", "test")) == len(raw)  # no row lost
@@ -189,3 +189,62 @@ def test_datetime_timestamps_become_seconds():
         files.seconds(pd.Series(["yesterday"]), "f", "ts")
     with pytest.raises(DataError, match="timestamp column ts has 1 empty values"):
         files.seconds(pd.Series([1.0, np.nan]), "f", "ts")
+
+
+def test_fill_zero_is_kept_and_the_reserved_names_are_refused(own, tmp_path):
+    copy = _copy(own, tmp_path)
+    spec = load_spec(_spec(copy, **{"age: continuous": "age: {kind: continuous, fill: 0}"}))
+    assert files.to_data_spec(spec).options["age"] == {"fill": 0}
+    for name in ("created", "event_timestamp", "click", "recent_item_1"):
+        bad = _spec(_copy(own, tmp_path / name), **{"country: categorical": f"{name}: categorical"})
+        with pytest.raises(ConfigError, match=f"feature name '{name}' is taken by the build"):
+            load_spec(bad)
+
+
+def test_bool_continuous_values_and_log_below_minus_one_are_refused(own, tmp_path):
+    copy = _copy(own, tmp_path)
+    users = pd.read_parquet(copy / "users.parquet")
+    users.assign(age=users["age"] > 40).to_parquet(copy / "users.parquet", index=False)
+    with pytest.raises(DataError, match=r"continuous feature age holds non-numbers \(dtype bool, e.g. "):
+        _prepare(copy / "dataset.yaml", tmp_path)
+    copy = _copy(own, tmp_path / "log")
+    items = pd.read_csv(copy / "items.csv")
+    items.loc[2, "price"] = -3.0
+    items.to_csv(copy / "items.csv", index=False)
+    with pytest.raises(DataError, match=r"items.csv: continuous feature price has log: true but holds -3 at row 2"):
+        _prepare(copy / "dataset.yaml", tmp_path / "log")
+
+
+def test_csv_cells_keep_their_text(own, tmp_path):
+    """In csv only an empty cell is null ("NA" is Namibia), single-number lists stay lists, datetimes are read."""
+    copy = _copy(own, tmp_path)
+    events = _events(copy).assign(ts=lambda d: pd.to_datetime(d["ts"], unit="s").dt.strftime("%Y-%m-%dT%H:%M:%S"))
+    users = pd.read_parquet(copy / "users.parquet")
+    events.merge(users, on="uid").assign(country="NA", interests="7").to_csv(copy / "events.csv", index=False)
+    text = (copy / "dataset.yaml").read_text().replace("events/*.parquet", "events.csv").replace("users: users.parquet\n", "")
+    data = _prepare(_spec(copy, text), tmp_path)
+    table = pd.read_parquet(data.users)
+    assert set(table["country"]) == {"NA"} and all(list(v) == ["7"] for v in table["interests"])
+    assert data.read_split("train")[C.TIMESTAMP].min() > 1_600_000_000
+
+
+def test_integer_ids_in_csv_stay_integers_and_others_strings(tmp_path):
+    pd.DataFrame({"u": ["3", "14", "0"], "i": ["007", "8", "9"]}).to_csv(tmp_path / "e.csv", index=False)
+    (tmp_path / "s.yaml").write_text("interactions: e.csv\nuser_id: u\nitem_id: i\n")
+    reader = files.Reader(load_spec(tmp_path / "s.yaml"))
+    assert reader.data_spec(str(tmp_path / "e.csv")).string_ids == (C.ITEM_ID,)  # "007" is not a plain integer
+
+
+def test_pandas_string_ids_reach_feast_as_strings(tmp_path):
+    from datetime import datetime, timezone
+
+    from build_ensemble import feature_store as fs
+
+    users = pd.DataFrame({C.USER_ID: pd.array(["a", "b"], dtype="string"), "age": [1.0, 2.0]})
+    items = pd.DataFrame({C.ITEM_ID: pd.array(["x"], dtype="string"), "when": pd.to_datetime(["2026-01-01"])})
+    fs.write_repo(tmp_path, users, items, datetime(2026, 1, 2, tzinfo=timezone.utc))
+    text = (tmp_path / "features.py").read_text()
+    assert 'join_keys=["user_id"], value_type=ValueType.STRING' in text
+    assert "Field(name='when', dtype=UnixTimestamp)" in text and "Field(name='age', dtype=Float64)" in text
+    with pytest.raises(DataError, match="has a column named created, which the feature store uses"):
+        fs.write_repo(tmp_path, users.assign(created=1), items, datetime(2026, 1, 2, tzinfo=timezone.utc))

@@ -1,5 +1,5 @@
 """Serve-time Categorify on hand-written category files (the equality with NVTabular's own
-transform is tested on a fitted workflow in tests/unit/test_workflow.py)."""
+transform is tested on fitted workflows in tests/unit/test_workflow.py and test_encoders_vs_nvtabular.py)."""
 
 import numpy as np
 import pandas as pd
