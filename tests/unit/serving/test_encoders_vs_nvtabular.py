@@ -93,7 +93,7 @@ def test_an_operator_the_encoder_does_not_know_fails_the_export_naming_it(fitted
     from merlin.dag.ops.subgraph import Subgraph
     from nvtabular import ops
 
-    graph = Subgraph(USER_SUBGRAPH, ([C.USER_ID] >> ops.Categorify()) + (["age"] >> ops.Clip(min_value=0)))
+    graph = Subgraph(USER_SUBGRAPH, ([C.USER_ID] >> ops.Categorify(out_path=str(tmp_path))) + (["age"] >> ops.Clip(min_value=0)))
     workflow = nvt.Workflow(graph)
     workflow.fit(nvt.Dataset(pd.DataFrame({C.USER_ID: ["a", "b"], "age": [1.0, 5.0]}), cpu=True))
     with pytest.raises(DataError, match="the workflow's Clip on column age has no serve-time encoder"):
