@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -180,6 +181,37 @@ def is_ready(http_url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def check_ports(spec: ServerSpec) -> None:
+    """Refuse to start when a port is taken or named twice (Triton would fail with an unrelated
+    message, or run without that service).
+
+    Raises:
+        ServerError: naming the port, what uses it and the option to change.
+    """
+    ports = {"HTTP": spec.http_port, "gRPC": spec.grpc_port, "metrics": spec.metrics_port}
+    flags = {"HTTP": "--http-port", "gRPC": "--grpc-port", "metrics": "--metrics-port"}
+    for name, port in ports.items():
+        others = [other for other, value in ports.items() if value == port and other != name]
+        if others:
+            raise ServerError(f"the {name} and {others[0]} ports are both {port}: give each service its own port")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As Triton binds: a port in TIME_WAIT is free, one something listens on is not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((spec.host, port))
+            except OSError as exc:
+                raise ServerError(f"the {name} port {spec.host}:{port} is in use ({exc.strerror}): stop what listens "
+                                  f"there or choose another {flags[name]}") from None
+
+
+def service_failures(log: Path) -> list:
+    """Services Triton reports it could not start (``failed to start ... service``), from its log."""
+    if not log.exists():
+        return []
+    return [line.split('] "', 1)[-1].rstrip('"') for line in log.read_text(errors="replace").splitlines()
+            if "failed to start" in line]
+
+
 def log_errors(log: Path, lines: int = 5, width: int = 300) -> str:
     """The server's last error lines, each cut to its first line and ``width`` characters; the
     log's last lines when it has none (e.g. an option error printed with the usage text)."""
@@ -205,14 +237,14 @@ class TritonServer:
         self.spec = spec
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = READY_TIMEOUT) -> "TritonServer":
-        """Start the server and wait until ``/v2/health/ready``.
+    def check(self) -> None:
+        """What must hold before the server starts: a repository (verified against its checksums
+        with ``spec.verify``), the feature repository if one is named, three free ports.
 
         Raises:
             ArtifactNotFoundError: if the repositories are missing.
             IntegrityError: if ``spec.verify`` and a model version differs from its manifest.
-            ServerError: if the port is taken, the server exits, or it is not ready in time
-                (with the server's own error lines).
+            ServerError: if a port is taken or repeated.
         """
         repository = Path(self.spec.repository)
         check_repository(repository)
@@ -220,8 +252,18 @@ class TritonServer:
             verify_repository(repository)
         if self.spec.feature_repo and not (Path(self.spec.feature_repo) / "feature_store.yaml").exists():
             raise ArtifactNotFoundError(f"feature repository {self.spec.feature_repo} has no feature_store.yaml")
-        if is_ready(self.spec.http_url):
-            raise ServerError(f"a server already answers on {self.spec.http_url}: stop it or pick other ports")
+        check_ports(self.spec)
+
+    def start(self, timeout: float = READY_TIMEOUT, checked: bool = False) -> "TritonServer":
+        """Start the server (after :meth:`check`, unless ``checked``) and wait until ``/v2/health/ready``.
+
+        Raises:
+            ArtifactNotFoundError, IntegrityError: see :meth:`check`.
+            ServerError: if a port is taken, the server exits or starts without one of its
+                services, or it is not ready in time (with the server's own error lines).
+        """
+        if not checked:
+            self.check()
         state = Path(self.spec.state_dir)
         state.mkdir(parents=True, exist_ok=True)
         log = self.spec.log_path.open("w")
@@ -240,6 +282,10 @@ class TritonServer:
                     f"(log: {self.spec.log_path}):\n{log_errors(self.spec.log_path)}"
                 )
             if is_ready(self.spec.http_url):
+                failed = service_failures(self.spec.log_path)
+                if failed:  # Triton goes on without a service it could not start (e.g. metrics)
+                    self.stop()
+                    raise ServerError(f"tritonserver started without a service ({failed[0]}); log: {self.spec.log_path}")
                 return self
             time.sleep(0.2)
         self.stop()

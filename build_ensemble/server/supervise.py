@@ -27,10 +27,10 @@ class SupervisedServer(TritonServer):
         super().__init__(spec)
         self.watchdog: Watchdog | None = None
 
-    def start(self, timeout: float = READY_TIMEOUT) -> "SupervisedServer":
-        super().start(timeout)
+    def start(self, timeout: float = READY_TIMEOUT, checked: bool = False) -> "SupervisedServer":
+        super().start(timeout, checked)
         if self.spec.watchdog and self.spec.model_control == "explicit":
-            self.watchdog = Watchdog(self.spec)
+            self.watchdog = Watchdog(self.spec, lambda: self.pid)
             self.watchdog.start()
         return self
 
@@ -68,58 +68,75 @@ class SupervisedServer(TritonServer):
 
 
 class Watchdog(threading.Thread):
-    """Reloads the retrieval model when its Python-backend process has died.
+    """Reloads the retrieval model when its Python-backend process has died, without sending
+    inference traffic (an idle server's request counters stay still).
 
     Triton 2.51 does not restart a dead backend process: the model stays READY and every
     request fails with "Stub process ... is not healthy" until the model is loaded again.
-    Every ``interval`` seconds this thread sends one request for user 0 (the popular-items
-    path when unknown); on that error it unloads and loads the model (explicit model
-    control), which starts a new backend process: about 8 s on 2 cores, during which
-    requests fail as they already did.
+    Every ``interval`` seconds this thread looks for the model's backend process among the
+    server's children (``/proc``); when the model is ready but has none alive, it unloads and
+    loads the model (explicit model control), which starts a new backend process: about 8 s on
+    2 cores, during which requests fail as they already did.
 
     Args:
         spec: the server's spec.
-        interval: seconds between probes.
+        server_pid: returns the pid of the running tritonserver.
+        interval: seconds between looks.
     """
 
-    def __init__(self, spec: ServerSpec, interval: float = 2.0):
+    def __init__(self, spec: ServerSpec, server_pid: Callable[[], int | None], interval: float = 2.0):
         super().__init__(daemon=True, name="triton-watchdog")
         self.spec = spec
+        self.server_pid = server_pid
         self.interval = interval
         self.reloads = 0
         self._stopping = threading.Event()
 
     def run(self) -> None:
-        import numpy as np
         import tritonclient.http as httpclient
         from tritonclient.utils import InferenceServerException
 
         client = httpclient.InferenceServerClient(self.spec.http_url, connection_timeout=30, network_timeout=60)
-        probe = httpclient.InferInput(C.INPUT_USER_ID, [1, 1], "INT64")
-        probe.set_data_from_numpy(np.zeros((1, 1), dtype=np.int64))
         while not self._stopping.wait(self.interval):
             try:
-                client.infer(C.MODEL_NAME, [probe])
-            except InferenceServerException as exc:
-                if "is not healthy" not in str(exc.message()) or self._stopping.is_set():
+                pid = self.server_pid()
+                if pid is None or backend_stubs(pid, C.MODEL_NAME) or not client.is_model_ready(C.MODEL_NAME):
                     continue
                 logger.error("%s: backend process died; loading the model again", C.MODEL_NAME)
-                try:
-                    # With unchanged files Triton would keep the dead instance on a plain load
-                    # (even with a config override): unload, then load a new backend process.
-                    client.unload_model(C.MODEL_NAME)
-                    client.load_model(C.MODEL_NAME)
-                    self.reloads += 1
-                    logger.error("%s: reloaded (%d so far)", C.MODEL_NAME, self.reloads)
-                except InferenceServerException as failed:
-                    logger.error("%s: reload failed: %s", C.MODEL_NAME, failed.message())
-            except Exception:  # noqa: BLE001  the server may be stopping; the next probe decides
+                # With unchanged files Triton would keep the dead instance on a plain load
+                # (even with a config override): unload, then load a new backend process.
+                client.unload_model(C.MODEL_NAME)
+                client.load_model(C.MODEL_NAME)
+                self.reloads += 1
+                logger.error("%s: reloaded (%d so far)", C.MODEL_NAME, self.reloads)
+            except InferenceServerException as failed:
+                logger.error("%s: reload failed: %s", C.MODEL_NAME, failed.message())
+            except Exception:  # noqa: BLE001  the server may be stopping; the next look decides
                 continue
         client.close()
 
     def stop(self) -> None:
         self._stopping.set()
         self.join(timeout=self.interval + 70)
+
+
+def backend_stubs(server_pid: int, model: str) -> list:
+    """Pids of the live Python-backend processes of ``model``'s instances (``<model>_<n>_<m>``)
+    among a server's children; a dead one (gone, or a zombie) is not listed."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) != server_pid or fields[0] == "Z":
+                continue
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if argv and argv[0].endswith(b"triton_python_backend_stub") and any(
+            a.decode(errors="replace").startswith(f"{model}_") for a in argv[1:]
+        ):
+            found.append(int(stat.parent.name))
+    return sorted(found)
 
 
 def reload_models(spec: ServerSpec, timeout: float = RELOAD_TIMEOUT) -> dict:

@@ -18,13 +18,23 @@ import numpy as np
 
 from build_ensemble import constants as C
 from build_ensemble.errors import RecsysError
+from build_ensemble.serving.metrics import ModelMetrics
 from build_ensemble.serving.runtime import load_ensemble
 
 logger = logging.getLogger(__name__)
 
 
 class RequestError(ValueError):
-    """A request the client must fix (answered with INVALID_ARG)."""
+    """A request the client must fix (answered with INVALID_ARG).
+
+    Args:
+        message: what is wrong, naming the input.
+        reason: a short name of the check that failed (a label of the model's metrics).
+    """
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 def check_user_ids(values: np.ndarray | None, strings: bool = False) -> np.ndarray:
@@ -42,18 +52,18 @@ def check_user_ids(values: np.ndarray | None, strings: bool = False) -> np.ndarr
         RequestError: naming the input and the problem.
     """
     if values is None:
-        raise RequestError(f"input '{C.INPUT_USER_ID}' is missing")
+        raise RequestError(f"input '{C.INPUT_USER_ID}' is missing", "missing")
     if values.dtype != (np.object_ if strings else np.int64):
-        raise RequestError(f"input '{C.INPUT_USER_ID}' must be {'BYTES (string ids)' if strings else 'INT64'}, got {values.dtype}")
+        raise RequestError(f"input '{C.INPUT_USER_ID}' must be {'BYTES (string ids)' if strings else 'INT64'}, got {values.dtype}", "dtype")
     if values.ndim != 2 or values.shape[1] != 1:
-        raise RequestError(f"input '{C.INPUT_USER_ID}' must have shape [batch, 1], got {list(values.shape)}")
+        raise RequestError(f"input '{C.INPUT_USER_ID}' must have shape [batch, 1], got {list(values.shape)}", "shape")
     if values.shape[0] == 0:
-        raise RequestError(f"input '{C.INPUT_USER_ID}' is empty: send at least one user id")
+        raise RequestError(f"input '{C.INPUT_USER_ID}' is empty: send at least one user id", "empty")
     if strings:
         return _string_ids(values)
     ids = values.reshape(-1)
     if (ids < 0).any():
-        raise RequestError(f"input '{C.INPUT_USER_ID}' holds a negative id ({int(ids[ids < 0][0])}); ids are >= 0")
+        raise RequestError(f"input '{C.INPUT_USER_ID}' holds a negative id ({int(ids[ids < 0][0])}); ids are >= 0", "negative_id")
     return ids
 
 
@@ -61,9 +71,9 @@ def _string_ids(values: np.ndarray) -> np.ndarray:
     try:
         ids = np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values.reshape(-1)], dtype=object)
     except UnicodeDecodeError as exc:
-        raise RequestError(f"input '{C.INPUT_USER_ID}' holds an id that is not UTF-8 ({exc.reason})") from None
+        raise RequestError(f"input '{C.INPUT_USER_ID}' holds an id that is not UTF-8 ({exc.reason})", "not_utf8") from None
     if (ids == "").any():
-        raise RequestError(f"input '{C.INPUT_USER_ID}' holds an empty id at position {int(np.flatnonzero(ids == '')[0])}")
+        raise RequestError(f"input '{C.INPUT_USER_ID}' holds an empty id at position {int(np.flatnonzero(ids == '')[0])}", "empty_id")
     return ids
 
 
@@ -82,14 +92,14 @@ def check_k(values: np.ndarray | None, users: int, default: int, limit: int) -> 
     if values is None:
         return default
     if values.dtype != np.int64:
-        raise RequestError(f"input '{C.INPUT_K}' must be INT64, got {values.dtype}")
+        raise RequestError(f"input '{C.INPUT_K}' must be INT64, got {values.dtype}", "k_dtype")
     if values.shape != (users, 1):
-        raise RequestError(f"input '{C.INPUT_K}' must have shape [{users}, 1] like '{C.INPUT_USER_ID}', got {list(values.shape)}")
+        raise RequestError(f"input '{C.INPUT_K}' must have shape [{users}, 1] like '{C.INPUT_USER_ID}', got {list(values.shape)}", "k_shape")
     if (values != values[0]).any():
-        raise RequestError(f"input '{C.INPUT_K}' must hold one value for every user of a request, got {sorted(set(values.reshape(-1).tolist()))[:5]}")
+        raise RequestError(f"input '{C.INPUT_K}' must hold one value for every user of a request, got {sorted(set(values.reshape(-1).tolist()))[:5]}", "k_mixed")
     k = int(values[0, 0])
     if not 1 <= k <= limit:
-        raise RequestError(f"input '{C.INPUT_K}' is {k}; it must be between 1 and {limit} (the catalog's size, capped at {C.MAX_K})")
+        raise RequestError(f"input '{C.INPUT_K}' is {k}; it must be between 1 and {limit} (the catalog's size, capped at {C.MAX_K})", "k_range")
     return k
 
 
@@ -112,6 +122,7 @@ class TritonPythonModel:
         self.per_item = {o["name"] for o in config["output"] if list(o["dims"]) == [-1]}
         index = self.runtime.index_op(self.ensemble)
         self.default_k, self.max_k = index.top_k, index.max_k
+        self.metrics = ModelMetrics(pb_utils, config["name"], str(args["model_version"]))
         # Everything loaded so far lives as long as the model: keep the collector from
         # rescanning it (full collections over TensorFlow's and Feast's heaps cause latency spikes).
         gc.collect()
@@ -127,6 +138,7 @@ class TritonPythonModel:
                 k = check_k(self._input(request, C.INPUT_K), len(ids), self.default_k, self.max_k)
             except RequestError as exc:
                 responses[number] = pb.InferenceResponse(error=pb.TritonError(str(exc), pb.TritonError.INVALID_ARG))
+                self.metrics.request("rejected", exc.reason)
                 continue
             batches.append(ids)
             ks.append(np.full(len(ids), k, dtype=np.int64))
@@ -140,6 +152,7 @@ class TritonPythonModel:
             message = str(exc) if isinstance(exc, RecsysError) else f"internal error: {type(exc).__name__}: {exc}"
             for number in owners:
                 responses[number] = pb.InferenceResponse(error=pb.TritonError(message, pb.TritonError.INTERNAL))
+                self.metrics.request("failed", type(exc).__name__)
             return responses
         bounds = np.cumsum([0] + [len(b) for b in batches])
         for number, start, stop, k in zip(owners, bounds[:-1], bounds[1:], ks):
@@ -148,6 +161,10 @@ class TritonPythonModel:
                 for name, values in outputs.items()
             ]
             responses[number] = pb.InferenceResponse(output_tensors=tensors)
+            self.metrics.request("ok")
+        fallback = outputs[C.OUTPUT_FALLBACK].reshape(-1).astype(bool)
+        partial = outputs[C.OUTPUT_PARTIAL].reshape(-1).astype(bool) if C.OUTPUT_PARTIAL in outputs else fallback & False
+        self.metrics.users(int((~fallback).sum()), int(fallback.sum()), int(partial.sum()))
         return responses
 
     def _input(self, request, name: str) -> np.ndarray | None:
@@ -160,7 +177,9 @@ class TritonPythonModel:
         columns = {C.USER_ID: ids}
         if (ks != self.default_k).any():
             columns[C.INPUT_K] = ks
-        table = self.runtime.transform(self.ensemble, TensorTable(columns))
+        seconds: dict = {}
+        table = self.runtime.transform(self.ensemble, TensorTable(columns), seconds)
+        self.metrics.stages(seconds)
         return {name: table[name].values for name in self.outputs}
 
     def _tensor(self, name: str, values: np.ndarray):

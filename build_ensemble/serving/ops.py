@@ -128,6 +128,8 @@ class QueryUserFeatures(_FeastOperator):
         string_ids: the user ids are strings.
     """
 
+    stage = "features"  # its name in the model's metrics
+
     def __init__(self, feature_repo: str, features: dict, view: str = C.USER_VIEW, string_ids: bool = False):
         super().__init__(feature_repo, view, C.USER_ID, features)
         self.string_ids = bool(string_ids)
@@ -159,6 +161,8 @@ class EncodeUserFeatures(BaseOperator):
         encoders: per user column (``user_id`` and the user features) its kind and fitted
             operators, from ``workflow.serving_encoders``.
     """
+
+    stage = "encode"  # its name in the model's metrics
 
     def __init__(self, workflow_dir: str, encoders: list):
         super().__init__()
@@ -214,6 +218,8 @@ class PredictQueryTower(BaseOperator):
         dim: embedding size.
         numpy_dir: the verified NumPy tower, or None.
     """
+
+    stage = "tower"  # its name in the model's metrics
 
     def __init__(self, saved_model_dir: str, inputs: list, output: str, dim: int, numpy_dir: str | None = None):
         super().__init__()
@@ -322,6 +328,8 @@ class QueryIndex(BaseOperator):
         string_ids: the catalog's item ids are strings.
     """
 
+    stage = "index"  # its name in the model's metrics
+
     def __init__(self, index_dir: str, top_k: int, string_ids: bool = False):
         super().__init__()
         self.index_dir = str(index_dir)
@@ -404,6 +412,8 @@ class QueryItemFeatures(_FeastOperator):
         features: ``{name: numpy dtype}`` of the item features to return.
         view: feature view name.
     """
+
+    stage = "item_features"  # its name in the model's metrics
 
     def __init__(self, feature_repo: str, features: dict, view: str = C.ITEM_VIEW):
         super().__init__(feature_repo, view, C.ITEM_ID, features)

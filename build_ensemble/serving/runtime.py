@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import platform
+import time
 from pathlib import Path
 
 from build_ensemble import constants as C
@@ -53,10 +54,19 @@ class RetrievalRuntime:
         """The graph's :class:`QueryIndex` (its ``top_k`` and ``max_k`` bound the request's ``k``)."""
         return next(node.op for node in self.chain(ensemble) if isinstance(node.op, QueryIndex))
 
-    def transform(self, ensemble, table):
-        """Run the graph on a table holding ``user_id`` (and optionally ``k``)."""
+    def transform(self, ensemble, table, seconds: dict | None = None):
+        """Run the graph on a table holding ``user_id`` (and optionally ``k``).
+
+        Args:
+            ensemble: the graph.
+            table: the request columns.
+            seconds: if given, receives each operator's time by its ``stage`` name.
+        """
         for node in self.chain(ensemble):
+            start = time.perf_counter()
             table = node.op.transform(node.input_columns, table)
+            if seconds is not None:
+                seconds[node.op.stage] = time.perf_counter() - start
         return table
 
 

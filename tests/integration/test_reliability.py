@@ -213,3 +213,69 @@ def test_rolling_a_new_version_under_load_fails_no_request(movielens_build, tmp_
     assert set(level.versions) == {"1", "2"}, level.versions
     assert version == "2" and after.item_ids == _top10(tmp_path / "out2", 3)
     assert json.loads((repository / C.MODEL_NAME / "2" / C.MANIFEST_FILE).read_text())["model_version"] == 2
+
+
+@pytest.mark.parametrize("taken", ["metrics", "grpc"])
+def test_a_taken_port_fails_serve_in_one_line_and_starts_nothing(movielens_build, tmp_path, taken):
+    """A taken metrics port used to print "ready" and then crash-loop; a taken gRPC port failed
+    after 8 s with "CudaDriverHelper has not been initialized"."""
+    import socket
+
+    spec = server_spec(movielens_build.repository, tmp_path / "state")
+    port = spec.metrics_port if taken == "metrics" else spec.grpc_port
+    ports = ["--http-port", str(spec.http_port), "--grpc-port", str(spec.grpc_port), "--metrics-port", str(spec.metrics_port)]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        for background in ([], ["--background"]):
+            started = time.monotonic()
+            result = subprocess.run([CLI, "serve", "--repository", str(movielens_build.repository), *ports,
+                                     "--state-dir", str(tmp_path / "state"), *background],
+                                    capture_output=True, text=True, timeout=120)
+            assert result.returncode == 2, result
+            name = {"metrics": "metrics", "grpc": "gRPC"}[taken]
+            assert result.stderr.strip().splitlines() == [
+                f"error: the {name} port 127.0.0.1:{port} is in use (Address already in use): stop what listens there "
+                f"or choose another --{taken}-port"]
+            assert "ready" not in result.stdout and time.monotonic() - started < 60
+    assert not (tmp_path / "state" / "tritonserver.log").exists()
+
+
+def _metric(spec, name: str, **labels) -> float:
+    """The value of one series on Triton's metrics port (0 when it is not there yet)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://{spec.host}:{spec.metrics_port}/metrics", timeout=10).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_an_operator_can_alert_on(movielens_build, tmp_path):
+    """The watchdog sends no inference (an idle server's success count stays still), rejected
+    requests are counted as rejected, and the model's own metrics are on /metrics."""
+    import urllib.error
+    import urllib.request
+
+    repository, _ = _copy(movielens_build, tmp_path)
+    with Served(repository, tmp_path / "state") as served:
+        spec = served.spec
+        idle = _metric(spec, "nv_inference_request_success", model=C.MODEL_NAME)
+        time.sleep(10)  # five watchdog looks
+        assert _metric(spec, "nv_inference_request_success", model=C.MODEL_NAME) == idle
+        body = json.dumps({"inputs": [{"name": "user_id", "shape": [1, 1], "datatype": "INT64", "data": [-1]}]}).encode()
+        for _ in range(10):
+            request = urllib.request.Request(f"http://{spec.http_url}/v2/models/{C.MODEL_NAME}/infer", data=body,
+                                             method="POST", headers={"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError):
+                urllib.request.urlopen(request, timeout=30)
+        with RetrievalClient(spec.grpc_url) as client:
+            client.recommend([3, 10**9])
+        assert _metric(spec, "retrieval_requests_total", outcome="rejected", reason="negative_id") == 10
+        assert _metric(spec, "retrieval_requests_total", outcome="ok") == 1
+        assert _metric(spec, "retrieval_users_total", outcome="ranked") == 1
+        assert _metric(spec, "retrieval_users_total", outcome="fallback") == 1
+        for stage in ("features", "encode", "tower", "index"):
+            assert _metric(spec, "retrieval_stage_seconds_count", stage=stage) == 1, stage

@@ -59,6 +59,33 @@ class TritonModelException(Exception):
     pass
 
 
+class MetricFamily:
+    """Custom metrics: families by name, each series keeps its value (and observations)."""
+
+    COUNTER, GAUGE, HISTOGRAM = range(3)
+    families: dict = {}
+
+    def __init__(self, name, description, kind):
+        self.name, self.kind, self.series = name, kind, []
+        type(self).families[name] = self
+
+    def Metric(self, labels, buckets=None):  # noqa: N802  (Triton's spelling)
+        metric = _Metric(labels, buckets)
+        self.series.append(metric)
+        return metric
+
+
+class _Metric:
+    def __init__(self, labels, buckets):
+        self.labels, self.buckets, self.value, self.observed = dict(labels), buckets, 0.0, []
+
+    def increment(self, value):
+        self.value += value
+
+    def observe(self, value):
+        self.observed.append(value)
+
+
 def get_input_tensor_by_name(request, name):
     return next((t for t in request.inputs if t.name() == name), None)
 
@@ -75,7 +102,8 @@ def triton_string_to_numpy(dtype: str):
 def pb_utils(monkeypatch):
     """The stand-in, importable as ``triton_python_backend_utils`` for the test."""
     module = types.ModuleType("triton_python_backend_utils")
-    for value in (Tensor, TritonError, InferenceResponse, InferenceRequest, TritonModelException,
+    MetricFamily.families = {}
+    for value in (Tensor, TritonError, InferenceResponse, InferenceRequest, TritonModelException, MetricFamily,
                   get_input_tensor_by_name, get_output_tensor_by_name, triton_string_to_numpy):
         setattr(module, value.__name__, value)
     monkeypatch.setitem(sys.modules, module.__name__, module)

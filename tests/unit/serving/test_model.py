@@ -6,6 +6,7 @@ import pytest
 
 from build_ensemble import constants as C
 from build_ensemble.errors import RecsysError
+from build_ensemble.serving.metrics import REQUESTS, STAGE_SECONDS, USERS, ModelMetrics
 from build_ensemble.serving.model import RequestError, TritonPythonModel, check_k, check_user_ids
 
 
@@ -66,9 +67,11 @@ class GraphStandIn:
     def __init__(self, fail: Exception | None = None):
         self.calls, self.fail = [], fail
 
-    def transform(self, ensemble, table):
+    def transform(self, ensemble, table, seconds=None):
         from merlin.table import TensorTable
 
+        if seconds is not None:
+            seconds.update(features=0.0004, index=0.0002)
         self.calls.append({name: table[name].values.copy() for name in table.columns})
         if self.fail:
             raise self.fail
@@ -86,7 +89,14 @@ def _model(pb_utils, graph) -> TritonPythonModel:
     model.pb, model.ensemble, model.runtime = pb_utils, None, graph
     model.outputs, model.per_item = dict(OUTPUTS), {C.OUTPUT_ITEM_IDS, C.OUTPUT_SCORES}
     model.default_k, model.max_k, model.string_ids = 4, 50, False
+    model.metrics = ModelMetrics(pb_utils, C.MODEL_NAME, "1")
     return model
+
+
+def _counts(pb_utils, name: str) -> dict:
+    """``{labels without model/version: value}`` of one metric family of the stand-in."""
+    family = pb_utils.MetricFamily.families[name]
+    return {tuple(v for k, v in sorted(m.labels.items()) if k not in ("model", "version")): m.value for m in family.series}
 
 
 def _request(pb_utils, user_ids, k=None):
@@ -179,3 +189,28 @@ def test_string_ids_are_decoded_and_empty_or_broken_ones_refused():
         check_user_ids(np.array([[b"\xff\xfe"]], dtype=object), strings=True)
     with pytest.raises(RequestError, match=r"input 'user_id' must be BYTES \(string ids\), got int64"):
         check_user_ids(np.array([[3]], dtype=np.int64), strings=True)
+
+
+def test_requests_users_and_stages_are_counted_in_the_models_own_metrics(pb_utils):
+    model = _model(pb_utils, GraphStandIn())
+    model.execute([_request(pb_utils, [1, 0]), _request(pb_utils, [-4]), _request(pb_utils, [2], k=99), _request(pb_utils, [3])])
+    assert _counts(pb_utils, REQUESTS) == {("ok", ""): 2, ("rejected", "negative_id"): 1, ("rejected", "k_range"): 1}
+    assert _counts(pb_utils, USERS) == {("ranked",): 2, ("fallback",): 1}  # user 0 is the stand-in's unknown user
+    stages = pb_utils.MetricFamily.families[STAGE_SECONDS].series
+    assert {m.labels["stage"]: m.observed for m in stages} == {"features": [0.0004], "index": [0.0002]}
+    assert all(m.labels["model"] == C.MODEL_NAME and m.labels["version"] == "1" for m in stages)
+    failing = _model(pb_utils, GraphStandIn(fail=KeyError("x")))
+    failing.execute([_request(pb_utils, [1])])
+    assert _counts(pb_utils, REQUESTS)[("failed", "KeyError")] == 1
+
+
+def test_without_histograms_the_stage_times_are_a_sum_and_a_count(pb_utils):
+    del pb_utils.MetricFamily.HISTOGRAM  # a Triton older than histogram metrics
+    try:
+        metrics = ModelMetrics(pb_utils, C.MODEL_NAME, "1")
+        metrics.stages({"tower": 0.5})
+        metrics.stages({"tower": 0.25})
+        assert _counts(pb_utils, f"{STAGE_SECONDS}_sum") == {("tower",): 0.75}
+        assert _counts(pb_utils, f"{STAGE_SECONDS}_count") == {("tower",): 2}
+    finally:
+        pb_utils.MetricFamily.HISTOGRAM = 2

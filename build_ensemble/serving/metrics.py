@@ -1,0 +1,77 @@
+"""The retrieval model's own Prometheus metrics, served on Triton's metrics port (``/metrics``)
+through the Python backend's custom-metrics API (``pb_utils.MetricFamily``).
+
+Triton's ``nv_inference_request_success`` counts a request the model answers with an error
+(a rejected one) as a success, so outcomes are counted here:
+
+- ``retrieval_requests_total{outcome, reason}``: ``ok``, ``rejected`` (the request check that
+  failed, e.g. ``negative_id``) or ``failed`` (the graph failed: feature store down, ...);
+- ``retrieval_users_total{outcome}``: users ``ranked`` by the index, ``fallback`` (unknown:
+  popular items) and, among the ranked, ``partial`` (some features missing);
+- ``retrieval_stage_seconds{stage}``: time per stage of a batch (``features``, ``encode``,
+  ``tower``, ``index``, ``item_features``), a histogram (``_bucket``, ``_sum``, ``_count``); on a
+  Triton without histogram metrics only ``_sum`` and ``_count`` (counters), which give the same
+  mean: ``rate(retrieval_stage_seconds_sum[5m]) / rate(retrieval_stage_seconds_count[5m])``.
+
+Every metric carries the labels ``model`` and ``version``.
+"""
+
+from __future__ import annotations
+
+REQUESTS = "retrieval_requests_total"
+USERS = "retrieval_users_total"
+STAGE_SECONDS = "retrieval_stage_seconds"
+BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]
+
+
+class ModelMetrics:
+    """The metric families of one model version and their labelled series (created on first use).
+
+    Args:
+        pb_utils: Triton's ``triton_python_backend_utils``.
+        model: model name.
+        version: model version.
+    """
+
+    def __init__(self, pb_utils, model: str, version: str):
+        family = pb_utils.MetricFamily
+        self._labels = {"model": model, "version": str(version)}
+        self._requests = family(name=REQUESTS, description="requests by outcome (ok, rejected, failed) and reason",
+                                kind=family.COUNTER)
+        self._users = family(name=USERS, description="users answered: ranked, fallback, partial", kind=family.COUNTER)
+        self.histogram = hasattr(family, "HISTOGRAM")
+        if self.histogram:
+            self._stages = family(name=STAGE_SECONDS, description="seconds per graph stage of a batch",
+                                  kind=family.HISTOGRAM)
+        else:
+            self._stage_sum = family(name=f"{STAGE_SECONDS}_sum", description="seconds per graph stage, summed",
+                                     kind=family.COUNTER)
+            self._stage_count = family(name=f"{STAGE_SECONDS}_count", description="graph stage runs",
+                                       kind=family.COUNTER)
+        self._series: dict = {}
+
+    def _metric(self, family, **labels):
+        key = (id(family), tuple(sorted(labels.items())))
+        if key not in self._series:
+            options = {"buckets": BUCKETS} if self.histogram and family is getattr(self, "_stages", None) else {}
+            self._series[key] = family.Metric(labels={**self._labels, **labels}, **options)
+        return self._series[key]
+
+    def request(self, outcome: str, reason: str = "") -> None:
+        """Count one request: ``ok``, ``rejected`` (with the check's ``reason``) or ``failed``."""
+        self._metric(self._requests, outcome=outcome, reason=reason).increment(1)
+
+    def users(self, ranked: int, fallback: int, partial: int) -> None:
+        """Count the users of a batch by how they were answered."""
+        for outcome, count in (("ranked", ranked), ("fallback", fallback), ("partial", partial)):
+            if count:
+                self._metric(self._users, outcome=outcome).increment(count)
+
+    def stages(self, seconds: dict) -> None:
+        """Record the time of each stage of one batch (``{stage: seconds}``)."""
+        for stage, value in seconds.items():
+            if self.histogram:
+                self._metric(self._stages, stage=stage).observe(value)
+            else:
+                self._metric(self._stage_sum, stage=stage).increment(value)
+                self._metric(self._stage_count, stage=stage).increment(1)
