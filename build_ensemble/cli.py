@@ -178,6 +178,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from build_ensemble.server.state import STATE_FILE, write_state
     from build_ensemble.server.supervise import SupervisedServer
 
+    if args.print_command:
+        from build_ensemble.server.launch import shell_script
+
+        print(shell_script(_server_spec(args)), end="")
+        return 0
     if args.background:
         return _serve_in_background(args)
     spec = _server_spec(args)
@@ -307,14 +312,19 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_DATASET = "movielens-100k"  # real data: the Two-Tower beats most-popular there
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Build on the default data set, serve, ask a few users over both protocols, stop."""
+    """Build on MovieLens-100K (or ``--dataset``), serve, ask a few users over both protocols, stop."""
     import pandas as pd
 
     from build_ensemble.client import RetrievalClient
     from build_ensemble.pipeline import build
     from build_ensemble.server.launch import TritonServer
 
+    if args.dataset is None and args.dataset_spec is None:
+        args.dataset = DEMO_DATASET
     config = _config_from_args(args)
     result = build(config, ConsoleReporter())
     _print_build(result)
@@ -409,6 +419,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--watchdog", action=argparse.BooleanOptionalAction, default=_default(ServerSpec, "watchdog"),
                    help="reload the model if its Python-backend process dies (default: on; needs explicit model control)")
     p.add_argument("--background", action="store_true", help="return once ready; stop with `build-ensemble stop`")
+    p.add_argument("--print-command", action="store_true",
+                   help="print the exact tritonserver command line and environment serve uses, as a shell script "
+                        "(for systemd, a container or Kubernetes), and exit")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("reload", help="load the newest model versions into the running server, without downtime")
@@ -457,7 +470,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--perf-stability", type=int, default=stability, help=f"perf_analyzer stability percentage (default: {stability})")
     p.set_defaults(func=cmd_loadtest)
 
-    p = sub.add_parser("demo", help="build on the default data set, serve, query a few users over gRPC and HTTP, stop")
+    p = sub.add_parser("demo", help=f"build ({DEMO_DATASET} unless --dataset), serve, query a few users over gRPC "
+                                    f"and HTTP, stop")
     _add_config_options(p)
     _add_server_options(p, with_repos=False)
     p.set_defaults(func=cmd_demo)

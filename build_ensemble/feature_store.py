@@ -200,8 +200,9 @@ def apply_repo(repo_dir: str | Path) -> None:
 def materialize_repo(repo_dir: str | Path, timestamp: datetime) -> None:
     """Load every row of the parquet sources into the online store.
 
-    An explicit range around the rows' event time is used, so no row is skipped whatever
-    the TTL (``materialize-incremental`` would start at now - ttl).
+    An explicit range from just before the rows' event time to now is used, so no row is
+    skipped whatever the TTL (``materialize-incremental`` would start at now - ttl), and a later
+    ``feast materialize-incremental <now>`` starts where this one ended.
 
     Raises:
         ConfigError: if the online store cannot be reached.
@@ -210,7 +211,8 @@ def materialize_repo(repo_dir: str | Path, timestamp: datetime) -> None:
     with contextlib.chdir(repo):
         store = open_store(repo)
         try:
-            store.materialize(timestamp - timedelta(seconds=1), datetime.now(timezone.utc) + timedelta(minutes=1))
+            # to now (and a millisecond, for rows stamped this very second): never the future
+            store.materialize(timestamp - timedelta(seconds=1), datetime.now(timezone.utc) + timedelta(milliseconds=1))
         except Exception as exc:
             if "connection" not in type(exc).__name__.lower():  # e.g. redis.exceptions.ConnectionError
                 raise

@@ -3,6 +3,7 @@ package is a placeholder). It needs ``libb64.so.0d`` and ``libcudart.so.12``, wh
 ``nvidia-pytriton`` wheel ships under hashed names; links with the expected names are made.
 
     python -m build_ensemble.loadtest.perf_analyzer install      # run by `make setup`
+    python -m build_ensemble.loadtest.perf_analyzer input BUILD FILE   # 1,000 user ids of a build for --input-data
 """
 
 from __future__ import annotations
@@ -127,5 +128,9 @@ def run(url: str, protocol: str, input_data: Path, concurrency: int, report: Pat
 if __name__ == "__main__":
     if sys.argv[1:] == ["install"]:
         print(install())
+    elif len(sys.argv) == 4 and sys.argv[1] == "input":
+        from build_ensemble.loadtest.harness import UserIds
+
+        print(write_input_data(Path(sys.argv[3]), UserIds(sys.argv[2]).sample(1000)))
     else:
-        sys.exit("usage: python -m build_ensemble.loadtest.perf_analyzer install")
+        sys.exit("usage: python -m build_ensemble.loadtest.perf_analyzer install | input BUILD FILE")

@@ -173,6 +173,25 @@ def environment(spec: ServerSpec) -> dict:
     return env
 
 
+# The variables `environment` sets or changes (a plain tritonserver needs them too).
+SERVER_ENV = ("PATH", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+              "CUDA_VISIBLE_DEVICES", "TF_CPP_MIN_LOG_LEVEL", "FEAST_USAGE", C.FEATURE_REPO_ENV)
+
+
+def shell_script(spec: ServerSpec) -> str:
+    """A POSIX shell script that runs tritonserver exactly as :class:`TritonServer` does: the
+    environment it sets, then ``exec`` of the command line (for systemd, a container or
+    Kubernetes). Makes the backend folder in ``spec.state_dir`` if it is missing."""
+    import shlex
+
+    env = environment(spec)
+    lines = ["#!/bin/sh", "# tritonserver as `build-ensemble serve` runs it (build-ensemble serve --print-command)"]
+    lines += [f"export {name}={shlex.quote(env[name])}" for name in SERVER_ENV if name in env]
+    argv = command(spec, backend_dir(Path(spec.state_dir)))
+    lines.append("exec " + " \\\n  ".join(shlex.quote(a) for a in argv))
+    return "\n".join(lines) + "\n"
+
+
 def is_ready(http_url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=timeout) as response:

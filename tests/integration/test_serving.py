@@ -206,3 +206,45 @@ def test_item_features_of_each_candidate(movielens_build, offline, tmp_path):
         assert answer.item_features["release_year"][position % 10] == items.loc[item, "release_year"]
         assert answer.item_features["title"][position % 10] == items.loc[item, "title"]
         assert answer.item_features["genres"][position % 10] == "|".join(items.loc[item, "genres"])
+
+
+def test_the_printed_tritonserver_command_serves_without_the_launcher(movielens_build, offline, tmp_path):
+    """`serve --print-command` gives a shell script that a plain process manager can run: run in
+    an empty environment, outside the project's launcher, it serves the offline top-10."""
+    import os
+    import signal
+    import time
+
+    cli = str(Path(sys.executable).parent / "build-ensemble")
+    spec = server_spec(movielens_build.repository, tmp_path / "state")
+    printed = subprocess.run([cli, "serve", "--print-command", "--repository", str(movielens_build.repository),
+                              "--http-port", str(spec.http_port), "--grpc-port", str(spec.grpc_port),
+                              "--metrics-port", str(spec.metrics_port), "--state-dir", str(tmp_path / "state")],
+                             capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    script = printed.stdout
+    assert script.startswith("#!/bin/sh") and "exec " in script and "--backend-directory=" in script
+    assert "export OMP_NUM_THREADS=1" in script and "export LD_LIBRARY_PATH=" in script
+    (tmp_path / "tritonserver.sh").write_text(script)
+    with open(tmp_path / "plain.log", "w") as log:
+        process = subprocess.Popen(["/bin/sh", str(tmp_path / "tritonserver.sh")], env={}, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _ready(spec.http_url):
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "plain.log").read_text()[-2000:]
+            time.sleep(0.5)
+        with RetrievalClient(spec.grpc_url) as c:
+            answer = c.recommend([11])[0]
+        assert answer.item_ids == offline[11][0].tolist()
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=60)
+
+
+def _ready(http_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
