@@ -44,13 +44,17 @@ def _quiet_libraries():
 
 
 class ConsoleReporter(Reporter):
-    """Stage banners, per-epoch lines and progress bars on stderr."""
+    """Stage banners with durations, per-epoch lines, and progress bars when stderr is a terminal
+    (a log file gets the lines without the bars' carriage returns)."""
 
     def __init__(self):
-        self.start = time.perf_counter()
+        self.terminal = sys.stderr.isatty()
 
     def stage(self, name: str) -> None:
-        print(f"==> {name} ({time.perf_counter() - self.start:.0f} s)", file=sys.stderr, flush=True)
+        print(f"==> {name}", file=sys.stderr, flush=True)
+
+    def stage_done(self, name: str, seconds: float) -> None:
+        print(f"    {name} done in {seconds:.1f} s", file=sys.stderr, flush=True)
 
     def epoch(self, record: dict) -> None:
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("valid_"))
@@ -58,11 +62,15 @@ class ConsoleReporter(Reporter):
               file=sys.stderr, flush=True)
 
     def iterate(self, items, desc: str, total: int | None = None):
+        if not self.terminal:
+            return items
         from tqdm.auto import tqdm
 
         return tqdm(items, desc=f"    {desc}", total=total, file=sys.stderr)
 
     def batches(self, total: int):
+        if not self.terminal:
+            return None
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc="    training", unit="batch", leave=False, file=sys.stderr)
@@ -111,6 +119,21 @@ def _add_config_options(parser: argparse.ArgumentParser, names: tuple | None = N
             parser.add_argument(flag, **kwargs)
 
 
+def _dataset_defaults() -> str:
+    """The help's list of the defaults each data set, split and model sets over the fields' own."""
+    from build_ensemble.config import DATASET_DEFAULTS, MODEL_DEFAULTS, SPLIT_DEFAULTS
+
+    def options(values: dict) -> str:
+        return ", ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                         for k, v in values.items())
+
+    lines = ["data set defaults (over the defaults above; a flag or the YAML file still wins):"]
+    lines += [f"  {name}: {options(values)}" for name, values in DATASET_DEFAULTS.items() if values]
+    lines += [f"  {name}, --split {split}: {options(values)}" for (name, split), values in SPLIT_DEFAULTS.items()]
+    lines += [f"  {name}, --model {model}: {options(values)}" for (name, model), values in MODEL_DEFAULTS.items()]
+    return "\n".join(lines)
+
+
 def _config_from_args(args: argparse.Namespace) -> BuildConfig:
     from build_ensemble.config import make_config
 
@@ -141,6 +164,9 @@ def _print_build(result) -> None:
     print(f"  {'model':<14}{'recall@' + str(k):>12}{'ndcg@' + str(k):>12}")
     for name in ("two_tower", "most_popular", "random"):
         print(f"  {name:<14}{metrics[name][f'recall@{k}']:>12.4f}{metrics[name][f'ndcg@{k}']:>12.4f}")
+    version = result.manifest["model_version"]
+    print(f"\nnext: build-ensemble serve --background --repository {result.repository}   (version {version}), "
+          f"then build-ensemble recommend --user-id ID")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -227,8 +253,15 @@ def _serve_in_background(args: argparse.Namespace) -> int:
         time.sleep(0.2)
     print(output.read_text().strip())
     print(f"running in the background, supervised by pid {child.pid} ({state_dir / STATE_FILE}); "
-          f"stop it with `build-ensemble stop`")
+          f"stop it with `build-ensemble stop{_state_flag(args)}`")
     return 0
+
+
+def _state_flag(args: argparse.Namespace) -> str:
+    """`` --state-dir DIR`` for a hint when DIR is not the default, else nothing."""
+    from build_ensemble.server.launch import ServerSpec
+
+    return "" if args.state_dir == _default(ServerSpec, "state_dir") else f" --state-dir {args.state_dir}"
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -237,7 +270,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
     state = read_state(args.state_dir)
     if state is None:
-        raise RecsysError(f"no running server recorded in {args.state_dir}: start one with `build-ensemble serve`")
+        raise RecsysError(f"no running server recorded in {args.state_dir}: start one with "
+                          f"`build-ensemble serve --background{_state_flag(args)}`")
     spec = spec_from_state(state)
     spec.verify = args.verify
     print(f"loading the newest versions of {spec.repository} into {spec.http_url} ...", file=sys.stderr, flush=True)
@@ -246,21 +280,45 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from build_ensemble.integrity import verify_repository
+    from build_ensemble.server.launch import check_repository
+
+    check_repository(Path(args.repository))
+    folders = verify_repository(args.repository)
+    print(f"{len(folders)} model version(s) of {args.repository} match their build's checksums")
+    return 0
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     from build_ensemble.server.state import stop_background
 
     state = stop_background(args.state_dir)
     if state is None:
-        print(f"no background server recorded in {args.state_dir}")
+        print(f"no background server recorded in {args.state_dir} (started with another --state-dir?)")
         return 1
     print(f"stopped tritonserver pid {state['pid']}")
     return 0
 
 
+def _url(args: argparse.Namespace, protocol: str, given: str | None) -> str:
+    """``given``, else the address of the server recorded in ``--state-dir``, else the default."""
+    from build_ensemble.client import DEFAULT_URLS
+    from build_ensemble.server.state import read_state, spec_from_state
+
+    if given:
+        return given
+    state = read_state(args.state_dir)
+    if state is None:
+        return DEFAULT_URLS[protocol]
+    spec = spec_from_state(state)
+    return spec.grpc_url if protocol == "grpc" else spec.http_url
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     from build_ensemble.client import RetrievalClient
 
-    with RetrievalClient(args.url, args.protocol, timeout=args.timeout) as client:
+    with RetrievalClient(_url(args, args.protocol, args.url), args.protocol, timeout=args.timeout) as client:
         answers = client.recommend(args.user_id, args.k)
     out = [
         {"user_id": a.user_id, "items": a.item_ids, "scores": [round(s, 6) for s in a.scores],
@@ -279,7 +337,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     ids = loadtest.UserIds(args.out, args.unknown_share, args.seed)
     state = read_state(args.state_dir)
     pid = state["pid"] if state else None
-    urls = {"grpc": args.grpc_url, "http": args.http_url}
+    urls = {protocol: _url(args, protocol, getattr(args, f"{protocol}_url")) for protocol in ("grpc", "http")}
     levels = loadtest.levels(args.concurrency, args.rate)
     results = []
     for protocol in args.protocol:
@@ -390,7 +448,8 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     out = _default(BuildConfig, "out")
 
-    p = sub.add_parser("build", help="run the whole pipeline: data, workflow, model, evaluation, index, feature store, export")
+    p = sub.add_parser("build", help="run the whole pipeline: data, workflow, model, evaluation, index, feature store, export",
+                       epilog=_dataset_defaults(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_options(p)
     p.set_defaults(func=cmd_build)
 
@@ -418,6 +477,9 @@ def make_parser() -> argparse.ArgumentParser:
     _add_verify_option(p)
     p.add_argument("--watchdog", action=argparse.BooleanOptionalAction, default=_default(ServerSpec, "watchdog"),
                    help="reload the model if its Python-backend process dies (default: on; needs explicit model control)")
+    p.add_argument("--restricted", action=argparse.BooleanOptionalAction, default=_default(ServerSpec, "restricted"),
+                   help="Triton's model-repository, shared-memory, logging and trace APIs need the header "
+                        "triton-control-key with the key in <state-dir>/control.key (default: on)")
     p.add_argument("--background", action="store_true", help="return once ready; stop with `build-ensemble stop`")
     p.add_argument("--print-command", action="store_true",
                    help="print the exact tritonserver command line and environment serve uses, as a shell script "
@@ -430,6 +492,11 @@ def make_parser() -> argparse.ArgumentParser:
     _add_verify_option(p)
     p.set_defaults(func=cmd_reload)
 
+    p = sub.add_parser("verify", help="check every model version of a repository against its build's checksums")
+    p.add_argument("--repository", default=_default(BuildConfig, "repository"),
+                   help=f"model repository (default: {_default(BuildConfig, 'repository')})")
+    p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("stop", help="stop a server started with `serve --background`")
     _add_state_dir(p, "state folder given to serve")
     p.set_defaults(func=cmd_stop)
@@ -439,8 +506,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="raw user id (repeat for several); an integer, or a string for a model of string ids")
     p.add_argument("--k", type=int, default=None, help="items per user (default: the build's --top-k; at most the catalog size and 1000)")
     p.add_argument("--protocol", choices=client.PROTOCOLS, default=client.PROTOCOLS[0], help=f"protocol (default: {client.PROTOCOLS[0]})")
-    p.add_argument("--url", default=None, help=f"host:port (default: {client.DEFAULT_URLS['grpc']} for gRPC, "
-                                               f"{client.DEFAULT_URLS['http']} for HTTP)")
+    p.add_argument("--url", default=None, help=f"host:port (default: the server recorded in --state-dir, else "
+                                               f"{client.DEFAULT_URLS['grpc']} for gRPC, {client.DEFAULT_URLS['http']} for HTTP)")
+    _add_state_dir(p, "state folder of `serve --background`, whose ports are used")
     p.add_argument("--timeout", type=float, default=client.DEFAULT_TIMEOUT, help=f"seconds per request (default: {client.DEFAULT_TIMEOUT:g})")
     p.set_defaults(func=cmd_recommend)
 
@@ -450,7 +518,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", nargs="+", choices=client.PROTOCOLS, default=["grpc"], help="protocols (default: grpc)")
     for protocol in client.PROTOCOLS:
         url = client.DEFAULT_URLS[protocol]
-        p.add_argument(f"--{protocol}-url", default=url, help=f"{protocol} host:port, loopback only (default: {url})")
+        p.add_argument(f"--{protocol}-url", default=None,
+                       help=f"{protocol} host:port, loopback only (default: the server recorded in --state-dir, else {url})")
     p.add_argument("--model", default=run_level("model"), help=f"Triton model to call (default: {run_level('model')})")
     p.add_argument("--concurrency", nargs="+", type=int,
                    help=f"closed-loop levels: concurrent requests (default: {' '.join(map(str, harness.DEFAULT_CONCURRENCY))})")

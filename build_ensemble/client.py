@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from build_ensemble import constants as C
-from build_ensemble.errors import ConfigError
+from build_ensemble.errors import ConfigError, ServerError
 
 PROTOCOLS = ("grpc", "http")
 DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
@@ -107,6 +107,15 @@ def parse_outputs(user_ids, outputs: dict) -> list:
     return result
 
 
+def _unreachable(exc: Exception) -> bool:
+    """Whether an exception of either client means nothing listens on the address."""
+    if isinstance(exc, (ConnectionError, OSError)):
+        return True
+    message = getattr(exc, "message", lambda: "")
+    text = (message() if callable(message) else str(message)) or str(exc)
+    return "failed to connect" in text or "Connection refused" in text or "UNAVAILABLE" in str(getattr(exc, "status", lambda: "")())
+
+
 class RetrievalClient:
     """Asks the served model for the top-k items of users.
 
@@ -151,9 +160,19 @@ class RetrievalClient:
         return parse_outputs(np.array(ids, dtype=object), outputs)
 
     def _metadata(self) -> dict:
-        """Output names and the ``user_id`` input's rank, asked once from the server."""
+        """Output names and the ``user_id`` input's rank, asked once from the server.
+
+        Raises:
+            ServerError: when no server answers on the address.
+        """
         if not hasattr(self, "_meta"):
-            meta = self.client.get_model_metadata(self.model)
+            try:
+                meta = self.client.get_model_metadata(self.model)
+            except Exception as exc:  # noqa: BLE001  each protocol fails its own way; say it once
+                if _unreachable(exc):
+                    raise ServerError(f"no server answers on {self.url} ({self.protocol}): start one with "
+                                      f"`build-ensemble serve`") from None
+                raise
             if not isinstance(meta, dict):  # gRPC answers with a protobuf message
                 meta = {"inputs": [{"name": i.name, "shape": list(i.shape), "datatype": i.datatype} for i in meta.inputs],
                         "outputs": [{"name": o.name} for o in meta.outputs]}

@@ -133,6 +133,8 @@ class BuildConfig:
             ConfigError: naming the field, the value received and what is allowed.
         """
         for f in dataclasses.fields(self):
+            _check_type(f, getattr(self, f.name))
+        for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             if choices and value not in choices:
@@ -192,6 +194,27 @@ class BuildConfig:
     def to_dict(self) -> dict:
         """The configuration as plain data (for manifests)."""
         return dataclasses.asdict(self)
+
+
+TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "list": (list,)}
+
+
+def _check_type(f, value) -> None:
+    """Refuse a value of the wrong type for a field (as a YAML file may hold), naming the option.
+
+    Raises:
+        ConfigError: e.g. ``query_tower: got 128 (int), expected a list``.
+    """
+    kinds = str(f.type).split(" | ")  # annotations are strings: "int | None", "list", ...
+    if value is None and "None" in kinds:
+        return
+    expected = TYPES[kinds[0]]
+    wrong_bool = isinstance(value, bool) and bool not in expected
+    if wrong_bool or not isinstance(value, expected):
+        article = "an" if kinds[0][0] in "aeiou" else "a"
+        raise ConfigError(f"{f.name}: got {value!r} ({type(value).__name__}), expected {article} {kinds[0]}")
+    if kinds[0] == "list" and not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"{f.name}: got {value!r}, expected a list of integers")
 
 
 # Settings that differ by data set. MovieLens-100K's were chosen on validation NDCG@10 (random

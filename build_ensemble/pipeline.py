@@ -51,6 +51,7 @@ class Stages:
         start = time.perf_counter()
         result = stage(*args)
         self.seconds[name] = round(time.perf_counter() - start, 2)
+        self.reporter.stage_done(name, self.seconds[name])
         self.summary.update(result.summary)
         logger.info("%s: %.1f s", name, self.seconds[name])
         return result

@@ -11,6 +11,9 @@ class Reporter:
     def stage(self, name: str) -> None:
         """A stage starts."""
 
+    def stage_done(self, name: str, seconds: float) -> None:
+        """A stage ended after ``seconds``."""
+
     def epoch(self, record: dict) -> None:
         """A training epoch ended."""
 

@@ -31,6 +31,11 @@ STUB_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 READY_TIMEOUT = 180.0
 STOP_TIMEOUT = 30.0
 LOG_FILE = "tritonserver.log"
+KEY_FILE = "control.key"  # the control-plane key of a state folder (mode 0600)
+KEY_HEADER = "triton-control-key"
+# Triton APIs that change the server (load/unload models, shared memory, logging, tracing): they
+# need the key header. Inference, health, metadata, model config and statistics stay open.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
 
 
 @dataclass
@@ -48,6 +53,8 @@ class ServerSpec:
             start; ``build-ensemble reload`` loads new versions), ``poll`` (Triton loads new
             versions by itself, unverified) or ``none``.
         verify: check every version folder against its build manifest's checksums first.
+        restricted: Triton's model-repository, shared-memory, logging and trace APIs need the
+            header ``triton-control-key`` with the state folder's key (:func:`control_key`).
         watchdog: reload the retrieval model when its Python-backend process dies (``supervise.Watchdog``;
             only a ``SupervisedServer`` runs one).
     """
@@ -62,6 +69,12 @@ class ServerSpec:
     model_control: str = "explicit"
     verify: bool = True
     watchdog: bool = True
+    restricted: bool = True
+
+    @property
+    def control_headers(self) -> dict:
+        """The header that the restricted APIs need (empty when they are open)."""
+        return {KEY_HEADER: control_key(self.state_dir)} if self.restricted else {}
 
     @property
     def http_url(self) -> str:
@@ -123,8 +136,25 @@ def check_repository(repository: Path) -> list:
     return models
 
 
+def control_key(state_dir: str | Path) -> str:
+    """The control-plane key of a state folder: read from ``control.key``, made (mode 0600) if missing."""
+    import secrets
+
+    path = Path(state_dir) / KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
 def command(spec: ServerSpec, backends: Path) -> list:
     """The tritonserver command line."""
+    restricted = []
+    if spec.restricted:
+        rule = f"{','.join(RESTRICTED_APIS)}:{KEY_HEADER}={control_key(spec.state_dir)}"
+        restricted = [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
     return [
         str(pytriton_root() / "bin" / "tritonserver"),
         f"--model-repository={Path(spec.repository).resolve()}",
@@ -143,6 +173,7 @@ def command(spec: ServerSpec, backends: Path) -> list:
         "--strict-readiness=true",
         # In-flight requests may finish when the server stops (SIGINT) or a version is replaced.
         "--exit-timeout-secs=10",
+        *restricted,
     ] + (["--load-model=*"] if spec.model_control == "explicit" else [])
 
 

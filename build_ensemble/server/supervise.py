@@ -105,8 +105,8 @@ class Watchdog(threading.Thread):
                 logger.error("%s: backend process died; loading the model again", C.MODEL_NAME)
                 # With unchanged files Triton would keep the dead instance on a plain load
                 # (even with a config override): unload, then load a new backend process.
-                client.unload_model(C.MODEL_NAME)
-                client.load_model(C.MODEL_NAME)
+                client.unload_model(C.MODEL_NAME, headers=self.spec.control_headers)
+                client.load_model(C.MODEL_NAME, headers=self.spec.control_headers)
                 self.reloads += 1
                 logger.error("%s: reloaded (%d so far)", C.MODEL_NAME, self.reloads)
             except InferenceServerException as failed:
@@ -162,10 +162,11 @@ def reload_models(spec: ServerSpec, timeout: float = RELOAD_TIMEOUT) -> dict:
     if spec.verify:
         verify_repository(repository)
     client = httpclient.InferenceServerClient(spec.http_url, connection_timeout=timeout, network_timeout=timeout)
+    headers = spec.control_headers
     try:
         for model in models:
-            client.load_model(model)
-        index = client.get_model_repository_index()
+            client.load_model(model, headers=headers)
+        index = client.get_model_repository_index(headers=headers)
     except InferenceServerException as exc:
         raise ServerError(f"reload failed: {exc.message()} (log: {spec.log_path}):\n{log_errors(spec.log_path)}") from None
     finally:

@@ -77,18 +77,23 @@ def _string_ids(values: np.ndarray) -> np.ndarray:
     return ids
 
 
-def check_k(values: np.ndarray | None, users: int, default: int, limit: int) -> int:
-    """Validate the optional ``k`` tensor of one request.
+def check_k(values: np.ndarray | None, users: int, default: int, limit: int, parameter=None) -> int:
+    """Validate the optional ``k`` of one request: an input tensor, or a request parameter.
 
     Args:
-        values: the request's ``k`` tensor, ``[n, 1]`` int64, or None (then ``default``).
+        values: the request's ``k`` tensor, ``[n, 1]`` int64, or None.
         users: the request's number of users.
-        default: the build's ``top_k``.
+        default: the build's ``top_k`` (neither given).
         limit: the largest allowed ``k``.
+        parameter: the request's KServe parameter ``k`` (``"parameters": {"k": 5}``), or None.
 
     Raises:
         RequestError: naming the input and the problem.
     """
+    if values is None and parameter is not None:
+        if isinstance(parameter, bool) or not isinstance(parameter, int):
+            raise RequestError(f"parameter '{C.INPUT_K}' must be an integer, got {parameter!r}", "k_dtype")
+        values = np.full((users, 1), parameter, dtype=np.int64)
     if values is None:
         return default
     if values.dtype != np.int64:
@@ -135,7 +140,8 @@ class TritonPythonModel:
         for number, request in enumerate(requests):
             try:
                 ids = check_user_ids(self._input(request, C.INPUT_USER_ID), self.string_ids)
-                k = check_k(self._input(request, C.INPUT_K), len(ids), self.default_k, self.max_k)
+                k = check_k(self._input(request, C.INPUT_K), len(ids), self.default_k, self.max_k,
+                            self._parameters(request).get(C.INPUT_K))
             except RequestError as exc:
                 responses[number] = pb.InferenceResponse(error=pb.TritonError(str(exc), pb.TritonError.INVALID_ARG))
                 self.metrics.request("rejected", exc.reason)
@@ -166,6 +172,12 @@ class TritonPythonModel:
         partial = outputs[C.OUTPUT_PARTIAL].reshape(-1).astype(bool) if C.OUTPUT_PARTIAL in outputs else fallback & False
         self.metrics.users(int((~fallback).sum()), int(fallback.sum()), int(partial.sum()))
         return responses
+
+    @staticmethod
+    def _parameters(request) -> dict:
+        """The request's KServe parameters (a JSON object in the Python backend)."""
+        text = request.parameters() if hasattr(request, "parameters") else "{}"
+        return json.loads(text or "{}")
 
     def _input(self, request, name: str) -> np.ndarray | None:
         tensor = self.pb.get_input_tensor_by_name(request, name)

@@ -279,3 +279,50 @@ def test_metrics_an_operator_can_alert_on(movielens_build, tmp_path):
         assert _metric(spec, "retrieval_users_total", outcome="fallback") == 1
         for stage in ("features", "encode", "tower", "index"):
             assert _metric(spec, "retrieval_stage_seconds_count", stage=stage) == 1, stage
+
+
+def test_the_control_plane_needs_the_key_and_reload_still_works(movielens_build, tmp_path):
+    """Anyone who reaches the port can infer; only a holder of <state-dir>/control.key can unload."""
+    import stat
+
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    repository, _ = _copy(movielens_build, tmp_path)
+    with Served(repository, tmp_path / "state") as served:
+        spec = served.spec
+        key_file = tmp_path / "state" / "control.key"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and len(key_file.read_text()) == 64
+        for client in (httpclient.InferenceServerClient(spec.http_url), grpcclient.InferenceServerClient(spec.grpc_url)):
+            with pytest.raises(InferenceServerException) as refused:
+                client.unload_model(C.MODEL_NAME)
+            assert "triton-control-key" in str(refused.value.message()) or "restricted" in str(refused.value.message()).lower()
+            with pytest.raises(InferenceServerException):
+                client.unload_model(C.MODEL_NAME, headers={"triton-control-key": "guess"})
+            assert client.is_model_ready(C.MODEL_NAME)  # health stays open
+        with RetrievalClient(spec.grpc_url) as c:
+            assert not c.recommend([3])[0].fallback  # inference stays open
+        printed = _cli("reload", "--state-dir", tmp_path / "state")
+        assert f"{C.MODEL_NAME}: serving version 1" in printed
+
+
+def test_the_liveness_check_fails_when_the_backend_process_died(movielens_build, tmp_path):
+    """What the Kubernetes liveness probe runs: green on a healthy server, red once the model's
+    backend process is killed (while /v2/health/live stays green)."""
+    import urllib.request
+
+    repository, _ = _copy(movielens_build, tmp_path)
+    spec = server_spec(repository, tmp_path / "state")
+    check = [sys.executable, "-m", "build_ensemble.server.liveness", "--url", spec.http_url]
+    with TritonServer(spec) as server:
+        live = subprocess.run([*check, "--server-pid", str(server.pid)], capture_output=True, text=True, timeout=60)
+        assert live.returncode == 0 and live.stdout.startswith("live:"), live
+        os.kill(_stubs(server.pid)[0], signal.SIGKILL)
+        time.sleep(2)
+        with urllib.request.urlopen(f"http://{spec.http_url}/v2/health/live", timeout=5) as response:
+            assert response.status == 200  # Triton's own liveness does not notice
+        dead = subprocess.run([*check, "--server-pid", str(server.pid)], capture_output=True, text=True, timeout=60)
+        assert dead.returncode == 1
+        assert dead.stderr.strip() == (f"not live: model {C.MODEL_NAME} is ready but its backend process is gone "
+                                       f"(Triton does not restart it)")

@@ -87,3 +87,25 @@ def test_cli_defaults_come_from_the_dataclasses_that_own_them():
     assert parser.parse_args(["recommend", "--user-id", "1"]).timeout == client.DEFAULT_TIMEOUT
     exported = parser.parse_args(["export"])
     assert (exported.index, exported.top_k, exported.model_version) == (None, None, None)  # the build's own
+
+
+def test_build_help_shows_each_data_sets_own_defaults():
+    text = make_parser()._subparsers._group_actions[0].choices["build"].format_help()
+    assert "movielens-100k: --exclude-seen True, --epochs 40, --patience 8" in text
+    assert "movielens-100k, --split temporal: --recent-items 5" in text
+
+
+def test_verify_checks_a_repository_where_it_was_copied(tmp_path, capsys):
+    from build_ensemble.integrity import write_version_manifest
+
+    assert main(["verify", "--repository", str(tmp_path)]) == 2
+    assert "holds no model" in capsys.readouterr().err
+    version = tmp_path / "retrieval" / "1"
+    version.mkdir(parents=True)
+    (tmp_path / "retrieval" / "config.pbtxt").write_text('name: "retrieval"\n')
+    (version / "model.py").write_text("x = 1\n")
+    write_version_manifest(version, {})
+    assert main(["verify", "--repository", str(tmp_path)]) == 0
+    (version / "model.py").write_text("x = 2\n")
+    assert main(["verify", "--repository", str(tmp_path)]) == 2
+    assert "model.py differs from its checksum" in capsys.readouterr().err

@@ -42,3 +42,14 @@ def test_string_ids_become_bytes_and_letters_are_refused_for_an_int64_model():
     assert (user_id.datatype(), user_id.shape()) == ("BYTES", [2, 1])
     with pytest.raises(ConfigError, match=r"user ids must be integers for this model \(its user_id is INT64\), got \['abc'\]"):
         build_inputs(grpcclient, ["abc"])
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_no_server_is_one_message_on_both_protocols(protocol):
+    from build_ensemble.errors import ServerError
+    from tests.conftest import free_port
+
+    url = f"127.0.0.1:{free_port()}"
+    with RetrievalClient(url, protocol, timeout=5) as client, pytest.raises(ServerError) as caught:
+        client.recommend([3])
+    assert str(caught.value) == f"no server answers on {url} ({protocol}): start one with `build-ensemble serve`"

@@ -94,3 +94,20 @@ def test_aliccp_needs_both_globs():
 def test_model_options_are_checked(field, value):
     with pytest.raises(ConfigError, match=field):
         make_config(overrides={field: value})
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ("query_tower: 128\n", r"query_tower: got 128 \(int\), expected a list"),
+        ("learning_rate: fast\n", r"learning_rate: got 'fast' \(str\), expected a float"),
+        ("epochs: 2.5\n", r"epochs: got 2.5 \(float\), expected an int"),
+        ("logq: 1\n", r"logq: got 1 \(int\), expected a bool"),
+        ("ks: [10, ten]\n", r"ks: got \[10, 'ten'\], expected a list of integers"),
+    ],
+)
+def test_yaml_values_are_type_checked_with_the_option_named(tmp_path, values, message):
+    path = tmp_path / "build.yaml"
+    path.write_text(values)
+    with pytest.raises(ConfigError, match=message):
+        make_config(path)

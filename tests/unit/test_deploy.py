@@ -45,7 +45,7 @@ def test_triton_is_replicated_probed_and_reads_the_shared_volume():
     triton = pod["containers"][0]
     assert deployment["spec"]["replicas"] >= 2
     assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert triton["livenessProbe"]["exec"]["command"][:3] == ["python", "-m", "build_ensemble.server.liveness"]
     assert {"cpu", "memory"} <= set(triton["resources"]["requests"])
     args = dict(a.removeprefix("--").split("=", 1) for a in triton["args"])
     mount = triton["volumeMounts"][0]["mountPath"]

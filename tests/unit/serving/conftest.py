@@ -1,6 +1,7 @@
 """A stand-in for ``triton_python_backend_utils``, the module Triton's Python backend provides to
 models, with the parts this package uses (tensors, responses, errors, BLS requests)."""
 
+import json
 import sys
 import types
 
@@ -48,8 +49,12 @@ class InferenceRequest:
 
     answer = None  # what ``exec`` returns: set by a test
 
-    def __init__(self, inputs, requested_output_names=(), model_name=""):
+    def __init__(self, inputs, requested_output_names=(), model_name="", parameters=None):
         self.inputs, self.requested_output_names, self.model_name = list(inputs), list(requested_output_names), model_name
+        self._parameters = json.dumps(parameters or {})
+
+    def parameters(self) -> str:
+        return self._parameters
 
     def exec(self):
         return type(self).answer(self) if callable(type(self).answer) else type(self).answer

@@ -214,3 +214,13 @@ def test_without_histograms_the_stage_times_are_a_sum_and_a_count(pb_utils):
         assert _counts(pb_utils, f"{STAGE_SECONDS}_count") == {("tower",): 2}
     finally:
         pb_utils.MetricFamily.HISTOGRAM = 2
+
+
+def test_k_can_be_a_kserve_request_parameter(pb_utils):
+    graph = GraphStandIn()
+    model = _model(pb_utils, graph)
+    ids = pb_utils.Tensor(C.INPUT_USER_ID, np.array([[1], [2]], dtype=np.int64))
+    good, bad = model.execute([pb_utils.InferenceRequest([ids], parameters={"k": 2}),
+                               pb_utils.InferenceRequest([ids], parameters={"k": "two"})])
+    assert _outputs(good)[C.OUTPUT_ITEM_IDS].shape == (2, 2)
+    assert bad.error().message() == "parameter 'k' must be an integer, got 'two'"
