@@ -248,3 +248,81 @@ def _ready(http_url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def _python_tower(repository: Path) -> None:
+    """Turn the TensorFlow-backend ``0_query_tower`` into the Python-backend stand-in (same name,
+    inputs and outputs, same SavedModel); the TensorFlow config's reshape is done by the stand-in."""
+    from google.protobuf import text_format
+    import tritonclient.grpc.model_config_pb2 as mc
+
+    folder = repository / "0_query_tower"
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), mc.ModelConfig())
+    config.backend, config.platform = "python", ""
+    config.parameters.clear()
+    for tensor in config.input:
+        tensor.ClearField("reshape")
+    config.instance_group[0].kind = mc.ModelInstanceGroup.KIND_CPU
+    (folder / "config.pbtxt").write_text(text_format.MessageToString(config))
+    shutil.copy(Path(__file__).parent / "standins" / "tower_model.py", folder / "1" / "model.py")
+
+
+def test_the_gpu_repositorys_bls_path_serves_the_offline_top10(movielens_build, offline, tmp_path):
+    """--tower-backend tensorflow: the graph calls 0_query_tower through BLS. Served here with a
+    Python-backend stand-in running the same SavedModel, the answers equal offline; the
+    SavedModel's signature matches the generated TensorFlow config; a failing tower reaches the
+    client as one clear error."""
+    import os
+
+    import tensorflow as tf
+    from google.protobuf import text_format
+    import tritonclient.grpc.model_config_pb2 as mc
+    from tritonclient.utils import InferenceServerException
+
+    repository = tmp_path / "model_repository"
+    export_repository(movielens_build.out, repository, movielens_build.feature_repo, tower_backend="tensorflow")
+    config = text_format.Parse((repository / "0_query_tower" / "config.pbtxt").read_text(), mc.ModelConfig())
+    signature = tf.saved_model.load(str(repository / "0_query_tower" / "1" / "model.savedmodel")).signatures["serving_default"]
+    specs = signature.structured_input_signature[1]
+    types = {tf.int64: mc.TYPE_INT64, tf.float32: mc.TYPE_FP32}
+    assert {i.name: (i.data_type, list(i.dims), list(i.reshape.shape)) for i in config.input} == {
+        name: (types[spec.dtype], [1], []) for name, spec in specs.items()}  # [batch, 1] reshaped to the signature's [batch]
+    (output, spec), = signature.structured_outputs.items()
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [(output, mc.TYPE_FP32, [int(spec.shape[-1])])]
+    _python_tower(repository)
+    users = sorted(offline)[::60]
+    served = server_spec(repository, tmp_path / "state", feature_repo=movielens_build.feature_repo)
+    served.verify = False  # the stand-in replaced files of the exported version
+    with TritonServer(served), RetrievalClient(served.grpc_url) as c:
+        answers = c.recommend(users)
+    for user, answer in zip(users, answers):
+        assert answer.item_ids == offline[user][0].tolist(), user
+    failing = server_spec(repository, tmp_path / "state2", feature_repo=movielens_build.feature_repo)
+    failing.verify = False
+    os.environ["STANDIN_FAIL"] = "1"
+    try:
+        with TritonServer(failing), RetrievalClient(failing.grpc_url) as c, pytest.raises(InferenceServerException) as caught:
+            c.recommend([users[0]])
+    finally:
+        del os.environ["STANDIN_FAIL"]
+    assert "query tower model 0_query_tower: the tower stand-in was told to fail" in caught.value.message()
+    assert "Traceback" not in caught.value.message()
+
+
+def test_the_exported_graph_pickles_no_object_by_value(movielens_build):
+    """A repository built here (Python 3.11) must load in NVIDIA's images (Python 3.10): the graph
+    may reference importable classes and hold plain data, never code pickled by value."""
+    import pickletools
+
+    data = (movielens_build.repository / C.MODEL_NAME / "1" / "ensemble" / "ensemble.pkl").read_bytes()
+    globals_ = set()
+    strings = []
+    for opcode, arg, _ in pickletools.genops(data):
+        if opcode.name in ("GLOBAL", "STACK_GLOBAL", "SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+            strings.append(arg)
+        if opcode.name == "GLOBAL":
+            globals_.add(arg)
+    # cloudpickle pickles a function or class by value through these helpers
+    by_value = {"_make_function", "_make_skeleton_class", "_builtin_type", "_function_setstate", "_class_setstate"}
+    assert not by_value & {s for s in strings if isinstance(s, str)}, sorted(by_value & set(strings))
+    assert any(isinstance(s, str) and s.startswith("build_ensemble.serving.ops") for s in strings)
