@@ -50,8 +50,14 @@ def test_triton_is_replicated_probed_and_reads_the_shared_volume():
     args = dict(a.removeprefix("--").split("=", 1) for a in triton["args"])
     mount = triton["volumeMounts"][0]["mountPath"]
     assert args["model-repository"].startswith(mount)
-    env = {e["name"]: e["value"] for e in triton["env"]}
+    env = {e["name"]: e.get("value") for e in triton["env"]}
     assert env["BUILD_ENSEMBLE_FEATURE_REPO"].startswith(mount)
+    assert {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "FEAST_USAGE", "TRITON_CONTROL_KEY"} <= set(env)
+    restricted = "model-repository,shared-memory,logging,trace:triton-control-key=$(TRITON_CONTROL_KEY)"
+    assert args["grpc-restricted-protocol"] == restricted
+    # Triton 23.08 cannot restrict HTTP: the Service must not expose it.
+    service = next(d for _, d in _documents() if d["kind"] == "Service" and d["metadata"]["name"] == "triton")
+    assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "metrics"}
     job = _kind("Job")["spec"]["template"]["spec"]["containers"][0]
     job_args = dict(a.removeprefix("--").split("=", 1) for a in job["args"])
     assert job_args["repository"] == args["model-repository"]
