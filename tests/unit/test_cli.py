@@ -109,3 +109,20 @@ def test_verify_checks_a_repository_where_it_was_copied(tmp_path, capsys):
     (version / "model.py").write_text("x = 2\n")
     assert main(["verify", "--repository", str(tmp_path)]) == 2
     assert "model.py differs from its checksum" in capsys.readouterr().err
+
+
+def test_a_log_gets_stage_durations_and_no_progress_bars(capsys):
+    from build_ensemble.cli import ConsoleReporter
+
+    reporter = ConsoleReporter()  # pytest's captured stderr is not a terminal
+    assert reporter.batches(10) is None and list(reporter.iterate(iter([1, 2]), "chunks")) == [1, 2]
+    reporter.stage("train")
+    reporter.stage_done("train", 12.34)
+    assert capsys.readouterr().err == "==> train\n    train done in 12.3 s\n"
+
+
+def test_hints_name_a_state_folder_that_is_not_the_default(tmp_path, capsys):
+    assert main(["reload", "--state-dir", str(tmp_path)]) == 2
+    assert f"`build-ensemble serve --background --state-dir {tmp_path}`" in capsys.readouterr().err
+    assert main(["stop", "--state-dir", str(tmp_path)]) == 1
+    assert "(started with another --state-dir?)" in capsys.readouterr().out
