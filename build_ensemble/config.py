@@ -25,6 +25,7 @@ TOWER_BACKENDS = ("python", "tensorflow")
 ONLINE_STORES = ("sqlite", "redis")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
 MODELS = ("two-tower", "mf")
+LOSSES = ("softmax", "ccl")
 # What `build-ensemble export` may change without retraining (the rest of a build's options is fixed).
 EXPORT_OPTIONS = ("tower_backend", "with_item_features", "index", "top_k", "model_version")
 
@@ -98,6 +99,10 @@ class BuildConfig:
     epochs: int = _opt(5, "maximum training epochs (early stopping on validation NDCG picks the best)")
     patience: int = _opt(3, "epochs without validation improvement before stopping")
     batch_size: int = _opt(1024, "training batch size (also the number of in-batch negatives)")
+    negatives: int = _opt(
+        0, "Two-Tower: catalog items drawn uniformly per step and run through the item tower as more negatives "
+        "(mixed negative sampling; logQ then corrects by the mixture of both sources; 0: in-batch only)"
+    )
     l2_reg: float = _opt(0.0, "L2 penalty on the embeddings looked up in each batch")
     logq: bool = _opt(True, "logQ-correct in-batch negatives by item popularity")
     logq_weight: float = _opt(
@@ -105,6 +110,13 @@ class BuildConfig:
         "> 1 also pushes toward rarely clicked items"
     )
     temperature: float = _opt(1.0, "logits temperature of the contrastive loss")
+    loss: str = _opt(
+        "softmax", "Two-Tower loss: softmax (cross-entropy over the negatives, logQ-corrected) or ccl (SimpleX's "
+        "cosine contrastive loss against the --negatives uniform catalog draws alone; needs --normalize; temperature "
+        "and logQ do not apply)", choices=LOSSES,
+    )
+    ccl_margin: float = _opt(0.5, "ccl: negatives whose cosine is below this margin cost nothing")
+    ccl_negative_weight: float = _opt(1.0, "ccl: weight of the mean negative term against the positive one")
 
     # Evaluation.
     ks: list = _opt([10], "cut-offs k of Recall@k and NDCG@k")
@@ -145,7 +157,7 @@ class BuildConfig:
                 raise ConfigError(f"{name}: got {getattr(self, name)!r}, expected a positive integer")
         if not isinstance(self.model_version, int) or self.model_version < 0:
             raise ConfigError(f"model_version: got {self.model_version!r}, expected 0 (next) or a positive integer")
-        for name in ("workers", "recent_items"):
+        for name in ("workers", "recent_items", "negatives"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"{name}: got {getattr(self, name)!r}, expected 0 or a positive integer")
         if self.online_store == "redis":
@@ -165,6 +177,14 @@ class BuildConfig:
                 raise ConfigError(f"{name}: got {getattr(self, name)!r}, expected >= 0")
         if self.logq_weight <= 0:
             raise ConfigError(f"logq_weight: got {self.logq_weight!r}, expected a positive number")
+        if self.loss == "ccl" and self.model != "mf" and not self.normalize:
+            raise ConfigError("loss: ccl scores cosines: add --normalize")
+        if self.loss == "ccl" and self.model != "mf" and not self.negatives:
+            raise ConfigError("loss: ccl compares against uniform catalog draws: add --negatives N (e.g. 1000)")
+        if not -1 <= self.ccl_margin <= 1:
+            raise ConfigError(f"ccl_margin: got {self.ccl_margin!r}, expected a cosine between -1 and 1")
+        if self.ccl_negative_weight <= 0:
+            raise ConfigError(f"ccl_negative_weight: got {self.ccl_negative_weight!r}, expected a positive number")
         if self.temperature <= 0:
             raise ConfigError(f"temperature: got {self.temperature!r}, expected a positive number")
         for name in ("query_tower", "item_tower", "ks"):

@@ -94,7 +94,7 @@ def train_and_embed(config: BuildConfig, data: PreparedData, users: pd.DataFrame
         return {f"valid_{k}": v for k, v in result.items() if k != "users"}
 
     train_dir = transformed_dir(data.root, "train")
-    result = train_model(config, train_dir, validate, MONITOR, reporter.epoch, reporter.batches)
+    result = train_model(config, train_dir, validate, MONITOR, reporter.epoch, reporter.batches, encoded_items)
     user_vectors = embed(result.model.query_encoder, encoded_users, user_schema)
     item_vectors = embed(result.model.candidate_encoder, encoded_items, item_schema)
     return result, user_vectors, item_vectors, encoded_users
@@ -183,18 +183,24 @@ def _encoder(schema, dims: list, config: BuildConfig):
     return mm.Encoder(mm.InputBlockV2(schema, categorical=embeddings), mlp, post=mm.L2Norm() if config.normalize else None)
 
 
-def build_model(schema, config: BuildConfig, item_probs: np.ndarray | None):
+def build_model(schema, config: BuildConfig, item_probs: np.ndarray | None, catalog: pd.DataFrame | None = None):
     """Build and compile the Two-Tower model (or, with ``config.model == "mf"``, matrix factorization).
 
     The query tower encodes the features tagged USER, the item tower those tagged ITEM;
     embedding sizes follow the cardinalities; the loss is categorical cross-entropy over
-    in-batch negatives, logQ-corrected when ``item_probs`` is given. The MF baseline keeps only
+    in-batch negatives, plus ``config.negatives`` catalog rows run through the item tower when
+    ``catalog`` is given, logQ-corrected when ``item_probs`` is given; with ``config.loss ==
+    "ccl"`` it is SimpleX's cosine contrastive loss instead (no temperature, no logQ). The MF baseline keeps only
     the user and item id embeddings (size: the last query-tower layer) under the same loss.
 
     Args:
         schema: schema of the transformed training data.
         config: build configuration (tower sizes, optimizer, regularization, temperature).
-        item_probs: ``[cardinality of item_id]`` in-batch sampling probabilities, or None.
+        item_probs: ``[cardinality of item_id]`` probability of each id among a step's
+            candidates (``item_probabilities``, or ``contrastive.mixture_probabilities`` with
+            catalog negatives), or None.
+        catalog: encoded item features, one row per catalog item: the Two-Tower's catalog
+            negatives are drawn from it (needs ``config.negatives > 0``).
     """
     import merlin.models.tf as mm
     import tensorflow as tf
@@ -205,8 +211,18 @@ def build_model(schema, config: BuildConfig, item_probs: np.ndarray | None):
     user_schema = schema.select_by_tag(Tags.USER)
     item_schema = schema.select_by_tag(Tags.ITEM)
     item_id_schema = item_schema.select_by_tag(Tags.ITEM_ID)
+    ccl = config.loss == "ccl" and config.model != "mf"
+    samplers, item_encoder = ["in-batch"], None
+    if catalog is not None and config.model != "mf":
+        from build_ensemble.contrastive import CatalogSampler
+
+        item_encoder = _encoder(item_schema, config.item_tower_dims, config)
+        sampler = CatalogSampler(catalog, item_schema, config.negatives)
+        sampler.set_encoder(item_encoder)
+        # SimpleX's loss has no logQ term: its negatives are the uniform draws alone.
+        samplers = [sampler] if ccl else [*samplers, sampler]
     post = None
-    if item_probs is not None:
+    if item_probs is not None and not ccl:
         # Logits are divided by the temperature after this correction, so scale it to match.
         post = PopularityLogitsCorrection(
             item_probs.astype(np.float32),
@@ -216,11 +232,11 @@ def build_model(schema, config: BuildConfig, item_probs: np.ndarray | None):
         )
     outputs = mm.ContrastiveOutput(
         DotProduct(),
-        negative_samplers="in-batch",
+        negative_samplers=samplers,
         schema=item_id_schema,
-        logits_temperature=config.temperature,
+        logits_temperature=1.0 if ccl else config.temperature,
         post=post,
-        store_negative_ids=post is not None,
+        store_negative_ids=True,
     )
     if config.model == "mf":
         model = mm.MatrixFactorizationModelV2(
@@ -229,7 +245,7 @@ def build_model(schema, config: BuildConfig, item_probs: np.ndarray | None):
     else:
         model = mm.TwoTowerModelV2(
             _encoder(user_schema, config.query_tower, config),
-            _encoder(item_schema, config.item_tower_dims, config),
+            item_encoder or _encoder(item_schema, config.item_tower_dims, config),
             outputs=outputs,
         )
     optimizers = {
@@ -239,7 +255,12 @@ def build_model(schema, config: BuildConfig, item_probs: np.ndarray | None):
     }
     # metrics=[]: Merlin's default in-batch top-k metrics cost ~14% of training time and are not
     # used (validation is the full-catalog evaluation in `fit`).
-    model.compile(optimizer=optimizers[config.optimizer](learning_rate=config.learning_rate), metrics=[])
+    loss = "categorical_crossentropy"
+    if ccl:
+        from build_ensemble.contrastive import CosineContrastiveLoss
+
+        loss = CosineContrastiveLoss(config.ccl_margin, config.ccl_negative_weight)
+    model.compile(optimizer=optimizers[config.optimizer](learning_rate=config.learning_rate), loss=loss, metrics=[])
     return model
 
 
@@ -278,6 +299,7 @@ def train_model(
     monitor: str,
     progress: Callable[[dict], None] | None = None,
     batch_progress: Callable[[int], Callable[[int], None] | None] | None = None,
+    catalog: pd.DataFrame | None = None,
 ) -> TrainResult:
     """Train epoch by epoch, score the validation set after each, keep the best weights.
 
@@ -289,6 +311,8 @@ def train_model(
         progress: optional callback receiving each epoch's record.
         batch_progress: optional; called with the number of batches before each epoch, returns
             a callable advanced by one per batch (a progress bar) or None.
+        catalog: encoded item features, one row per catalog item; with ``config.negatives``,
+            the Two-Tower also draws that many of them per step as negatives.
     """
     import tensorflow as tf
     from merlin.io import Dataset
@@ -302,7 +326,12 @@ def train_model(
     if config.logq:
         ids = read_parts(train_dir, [item_id.name])[item_id.name].to_numpy()
         probs = item_probabilities(ids, item_id.int_domain.max + 1)
-    model = build_model(schema.excluding_by_name([C.CLICK]), config, probs)
+    catalog = catalog if config.negatives and config.model != "mf" else None
+    if probs is not None and catalog is not None:
+        from build_ensemble.contrastive import mixture_probabilities
+
+        probs = mixture_probabilities(probs, catalog[item_id.name].to_numpy(), config.batch_size, config.negatives)
+    model = build_model(schema.excluding_by_name([C.CLICK]), config, probs, catalog)
     loader = _loader(train_dir, config.batch_size, shuffle=True)
 
     result = TrainResult(model)

@@ -72,9 +72,11 @@ def test_without_logq_the_logits_are_plain_dot_products():
     np.testing.assert_allclose(logits[:, 0], (q * c).sum(axis=1), rtol=1e-4, atol=1e-5)
 
 
-def test_two_tower_learns_a_planted_signal(tmp_path):
-    """Users of group g click items of group g: recall@10 must be far above random,
-    and the random baseline must stay near k / n_items."""
+@pytest.mark.parametrize("negatives", [0, 64])
+def test_two_tower_learns_a_planted_signal(tmp_path, negatives):
+    """Users of group g click items of group g: recall@10 must be far above random, with
+    in-batch negatives alone and with catalog negatives added, and the random baseline must
+    stay near k / n_items."""
     rng = np.random.default_rng(0)
     n_users, n_items, groups = 300, 200, 20
     user_group = np.arange(n_users) % groups
@@ -97,7 +99,8 @@ def test_two_tower_learns_a_planted_signal(tmp_path):
     data = writer.close()
     transformed = fit_workflow(data, tmp_path, tmp_path / ".work")
 
-    config = make_config(overrides={"epochs": 15, "batch_size": 128, "learning_rate": 0.01, "patience": 15})
+    config = make_config(overrides={"epochs": 15, "batch_size": 128, "learning_rate": 0.01, "patience": 15,
+                                    "negatives": negatives})
     workflow = load_workflow(transformed.workflow_dir)
     eu, ei = encode(workflow, USER_SUBGRAPH, users), encode(workflow, ITEM_SUBGRAPH, items)
     us, its = workflow.get_subworkflow(USER_SUBGRAPH).output_schema, workflow.get_subworkflow(ITEM_SUBGRAPH).output_schema
@@ -108,7 +111,9 @@ def test_two_tower_learns_a_planted_signal(tmp_path):
         scorer = ev.dot_scorer(T.embed(model.query_encoder, eu, us), T.embed(model.candidate_encoder, ei, its))
         return {"valid_ndcg@10": ev.evaluate(scorer, valid, [10], exclude=train)["ndcg@10"]}
 
-    result = T.train_model(config, transformed.train_dir, validate, "valid_ndcg@10")
+    result = T.train_model(config, transformed.train_dir, validate, "valid_ndcg@10", catalog=ei)
+    samplers = [type(s).__name__ for s in result.model.last.negative_samplers]
+    assert samplers == ["InBatchSamplerV2", "CatalogSampler"][: 1 + bool(negatives)]
     user_vectors = T.embed(result.model.query_encoder, eu, us)
     item_vectors = T.embed(result.model.candidate_encoder, ei, its)
     assert user_vectors.shape == (n_users, 64) and item_vectors.shape == (n_items, 64)
