@@ -1,4 +1,4 @@
-"""Retrieval quality on MovieLens-100K: Two-Tower, matrix factorization and most-popular, 5 seeds.
+"""Retrieval quality on MovieLens-100K: Two-Tower, matrix factorization, EASE, item-kNN and most-popular, 5 seeds.
 
 Protocol: every rating is an interaction; per-user split 80/10/10 (random, seeded) and
 temporal; scores over all items; training and validation items masked at test; users without
@@ -6,7 +6,10 @@ test items skipped; Recall@10 and NDCG@10 as mean and standard deviation over th
 Training uses the defaults of `build-ensemble build --dataset movielens-100k` (and `--split
 temporal`: the Two-Tower query then also reads the user's 5 latest items; at test time they
 include the validation items, known history there, and the frozen_* metrics are the same model
-with the items as they were at the end of training).
+with the items as they were at the end of training). EASE and item-kNN, the item-item anchors,
+are fitted on the training split with λ / the neighbour count chosen on validation NDCG@10;
+at test they read the user's training and validation items (all known history), and the
+train_history_* metrics read the training items only.
 
     .venv/bin/python scripts/bench_quality.py                 # 5 seeds, both splits
     .venv/bin/python scripts/bench_quality.py --seeds 0 --splits random
@@ -32,8 +35,10 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from build_ensemble import baselines  # noqa: E402
 from build_ensemble import constants as C  # noqa: E402
 from build_ensemble import data as data_stage  # noqa: E402
 from build_ensemble import evaluate as ev  # noqa: E402
@@ -46,6 +51,10 @@ from build_ensemble.workflow import USER_SUBGRAPH, encode, load_workflow  # noqa
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"two_tower": {}, "mf": {"model": "mf"}}
+ANCHORS = {  # weights function and the values searched on validation
+    "ease": (baselines.ease_weights, [50, 100, 200, 300, 500, 1000, 2000]),
+    "item_knn": (baselines.item_knn_weights, [10, 20, 50, 100, 200, 400]),
+}
 REFERENCE = {"model": "BPR (RecBole docs, 64-d, random split)", "recall@10": 0.2523, "ndcg@10": 0.2920}
 
 
@@ -94,18 +103,47 @@ def frozen_history_metrics(data, catalog, model, item_vectors, seed: int) -> dic
     return ev.score_embeddings(data, catalog, vectors, item_vectors, [10], exclude_seen=True, seed=seed)["two_tower"]
 
 
-def run_seed(split: str, seed: int, models: list, workdir: Path) -> tuple[list, dict]:
-    """All models on one split and seed; returns result rows and each model's history."""
+def anchor_rows(prepared: tuple, split: str, seed: int) -> list:
+    """EASE and item-kNN on one split: each value of its parameter fitted on training and scored on
+    validation (training items masked); the best by NDCG@10 is scored on test."""
+    data, users, items = prepared
+    catalog = ev.Catalog(users[C.USER_ID].to_numpy(), items[C.ITEM_ID].to_numpy())
+    columns = [C.USER_ID, C.ITEM_ID, C.CLICK]
+    train, valid, test = (catalog.matrix(data.read_split(s, columns)) for s in ("train", "valid", "test"))
+    known = ((train + valid) > 0).astype(np.float32)
+    rows = []
+    for name, (fit, values) in ANCHORS.items():
+        start = time.perf_counter()
+        searched = {}
+        for value in values:
+            scorer = baselines.history_scorer(train, fit(train, value))
+            searched[value] = ev.evaluate(scorer, valid, [10], exclude=train)["ndcg@10"]
+        best = max(searched, key=searched.get)
+        weights = fit(train, best)
+        metrics = ev.evaluate(baselines.history_scorer(known, weights), test, [10], exclude=known)
+        train_only = ev.evaluate(baselines.history_scorer(train, weights), test, [10], exclude=known)
+        rows.append({"model": name, "split": split, "seed": seed, "recall@10": metrics["recall@10"],
+                     "ndcg@10": metrics["ndcg@10"], "train_history_recall@10": train_only["recall@10"],
+                     "train_history_ndcg@10": train_only["ndcg@10"], "chosen": best,
+                     "valid_ndcg@10": {str(k): round(v, 4) for k, v in searched.items()},
+                     "train_seconds": round(time.perf_counter() - start, 1), "best_epoch": None})
+    return rows
+
+
+def run_seed(split: str, seed: int, models: dict, workdir: Path) -> tuple[list, dict]:
+    """All models (name: overrides of the defaults) on one split and seed; returns result rows
+    and each model's history."""
     prepared = prepare(split, seed, workdir / f"{split}-{seed}")
     rows, histories = [], {}
-    for name in models:
-        metrics, result, popular = train_and_test(prepared, split, seed, MODELS[name])
+    for name, overrides in models.items():
+        metrics, result, popular = train_and_test(prepared, split, seed, overrides)
         rows.append({"model": name, "split": split, "seed": seed, **metrics})
         histories[name] = result.history
         print(f"    {split} seed {seed} {name}: recall@10 {metrics['recall@10']:.4f} ndcg@10 {metrics['ndcg@10']:.4f} "
               f"({metrics['train_seconds']:.0f} s)", file=sys.stderr, flush=True)
     rows.append({"model": "most_popular", "split": split, "seed": seed, **popular,
                  "train_seconds": 0.0, "best_epoch": None})
+    rows.extend(anchor_rows(prepared, split, seed))
     return rows, histories
 
 
@@ -114,7 +152,8 @@ def summarise(rows: list) -> list:
     table = []
     for (model, split), group in pd.DataFrame(rows).groupby(["model", "split"], sort=False):
         row = {"model": model, "split": split, "seeds": len(group)}
-        for metric in ("recall@10", "ndcg@10", "frozen_recall@10", "frozen_ndcg@10"):
+        for metric in ("recall@10", "ndcg@10", "frozen_recall@10", "frozen_ndcg@10",
+                       "train_history_recall@10", "train_history_ndcg@10"):
             if metric not in group or group[metric].isna().any():
                 continue
             values = group[metric].tolist()
@@ -148,18 +187,24 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--jobs", type=int, default=2, help="processes in parallel (default: 2, one per core)")
     parser.add_argument("--repeat-seed", type=int, default=0, help="rerun this seed (random split) to check reproducibility; -1: skip")
+    parser.add_argument("--set", default="{}", metavar="JSON",
+                        help="overrides of the Two-Tower's defaults, e.g. '{\"negatives\": 1024}' (a try, not the benchmark)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "quality.json"))
     args = parser.parse_args()
+    models = {name: MODELS[name] for name in args.models}
+    if "two_tower" in models:
+        models["two_tower"] = {**models["two_tower"], **json.loads(args.set)}
 
     started = time.perf_counter()
-    tasks = [(split, seed, args.models) for split in args.splits for seed in args.seeds]
+    tasks = [(split, seed, models) for split in args.splits for seed in args.seeds]
     if args.repeat_seed >= 0:
-        tasks.append(("random", args.repeat_seed, args.models[:1]))
+        first = next(iter(models))
+        tasks.append(("random", args.repeat_seed, {first: models[first]}))
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=one_thread_each) as pool:
-            futures = [pool.submit(run_seed, split, seed, models, Path(tmp) / str(n))
-                       for n, (split, seed, models) in enumerate(tasks)]
+            futures = [pool.submit(run_seed, split, seed, chosen, Path(tmp) / str(n))
+                       for n, (split, seed, chosen) in enumerate(tasks)]
             results = [f.result() for f in futures]
     again = results.pop()[0][0] if args.repeat_seed >= 0 else None
     rows = [row for seed_rows, _ in results for row in seed_rows]
@@ -181,6 +226,10 @@ def main() -> None:
             print(f"{row['model']:<14}{row['split']:<10}{row['frozen_recall@10_mean']:>10.4f} ± "
                   f"{row['frozen_recall@10_std']:.4f}{row['frozen_ndcg@10_mean']:>10.4f} ± "
                   f"{row['frozen_ndcg@10_std']:.4f}   (recent items frozen at the end of training)")
+        if "train_history_recall@10_mean" in row:
+            print(f"{row['model']:<14}{row['split']:<10}{row['train_history_recall@10_mean']:>10.4f} ± "
+                  f"{row['train_history_recall@10_std']:.4f}{row['train_history_ndcg@10_mean']:>10.4f} ± "
+                  f"{row['train_history_ndcg@10_std']:.4f}   (history: training items only)")
     print(f"{'BPR (RecBole, published)':<24}{REFERENCE['recall@10']:>8.4f}{'':>9}{REFERENCE['ndcg@10']:>9.4f}")
     if repeat:
         print(f"\nsame seed twice ({repeat['model']}, seed {repeat['seed']}): max difference {repeat['max_abs_difference']}")
@@ -190,6 +239,7 @@ def main() -> None:
         plot(first_histories, out.with_name("quality_epochs.png"))
     report = {
         "summary": table, "runs": rows, "reproducibility": repeat, "published_reference": REFERENCE,
+        "overrides": json.loads(args.set), "anchor_values_searched": {k: v for k, (_, v) in ANCHORS.items()},
         "defaults": {k: v for k, v in make_config(overrides={"dataset": "movielens-100k"}).to_dict().items()
                      if k not in ("out", "feature_repo", "repository", "cache_dir")},
         "temporal_defaults": SPLIT_DEFAULTS[("movielens-100k", "temporal")],
