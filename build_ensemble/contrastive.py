@@ -48,10 +48,12 @@ class CatalogSampler(CandidateSampler):
         items: encoded item features, one row per catalog item (``workflow.encode`` output).
         schema: the item tower's input schema (which columns, which are lists).
         num_samples: rows drawn per step.
+        encoder: the item tower that embeds the drawn rows (the model's ``candidate_encoder``).
     """
 
-    def __init__(self, items: pd.DataFrame, schema, num_samples: int, **kwargs):
+    def __init__(self, items: pd.DataFrame, schema, num_samples: int, encoder, **kwargs):
         super().__init__(max_num_samples=num_samples, **kwargs)
+        self.encoder = encoder
         self.id_name = schema.select_by_tag(Tags.ITEM_ID).first.name
         self.num_rows = len(items)
         self.scalars, self.lists = {}, {}
@@ -63,11 +65,6 @@ class CatalogSampler(CandidateSampler):
                 self.lists[column.name] = tf.RaggedTensor.from_row_lengths(tf.constant(flat), tf.constant(lengths, tf.int64))
             else:
                 self.scalars[column.name] = tf.constant(values.to_numpy())
-        self.encoder = None
-
-    def set_encoder(self, encoder) -> None:
-        """The item tower that embeds the drawn rows (the model's ``candidate_encoder``)."""
-        self.encoder = encoder
 
     def add(self, items: Candidate) -> None:
         """Uniform sampling keeps nothing of the batch."""
@@ -91,7 +88,6 @@ class CatalogSampler(CandidateSampler):
         if items.id.shape.rank == 2:
             ids = tf.expand_dims(ids, -1)
         return Candidate(id=ids, metadata={EMBEDDING_KEY: embeddings})
-
 
 
 class CosineContrastiveLoss(tf.keras.losses.Loss):

@@ -80,8 +80,7 @@ def score_embeddings(
         exclude_seen: mask seen items.
         seed: seed of the random baseline.
     """
-    columns = [C.USER_ID, C.ITEM_ID, C.CLICK]
-    train, valid, test = (catalog.matrix(data.read_split(s, columns)) for s in ("train", "valid", "test"))
+    train, valid, test = split_matrices(data, catalog)
     exclude = (train + valid) if exclude_seen else None
     scorers = {
         "two_tower": dot_scorer(user_vectors, item_vectors),
@@ -94,6 +93,13 @@ def score_embeddings(
         metrics["users"] = result.pop("users")
         metrics[name] = result
     return metrics
+
+
+def split_matrices(data: PreparedData, catalog: "Catalog") -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
+    """The training, validation and test clicks as ``[users, items]`` 0/1 matrices in the catalog's order."""
+    columns = [C.USER_ID, C.ITEM_ID, C.CLICK]
+    train, valid, test = (catalog.matrix(data.read_split(s, columns)) for s in ("train", "valid", "test"))
+    return train, valid, test
 
 
 @dataclass

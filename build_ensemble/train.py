@@ -217,8 +217,7 @@ def build_model(schema, config: BuildConfig, item_probs: np.ndarray | None, cata
         from build_ensemble.contrastive import CatalogSampler
 
         item_encoder = _encoder(item_schema, config.item_tower_dims, config)
-        sampler = CatalogSampler(catalog, item_schema, config.negatives)
-        sampler.set_encoder(item_encoder)
+        sampler = CatalogSampler(catalog, item_schema, config.negatives, item_encoder)
         # SimpleX's loss has no logQ term: its negatives are the uniform draws alone.
         samplers = [sampler] if ccl else [*samplers, sampler]
     post = None

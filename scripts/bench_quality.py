@@ -107,19 +107,17 @@ def anchor_rows(prepared: tuple, split: str, seed: int) -> list:
     """EASE and item-kNN on one split: each value of its parameter fitted on training and scored on
     validation (training items masked); the best by NDCG@10 is scored on test."""
     data, users, items = prepared
-    catalog = ev.Catalog(users[C.USER_ID].to_numpy(), items[C.ITEM_ID].to_numpy())
-    columns = [C.USER_ID, C.ITEM_ID, C.CLICK]
-    train, valid, test = (catalog.matrix(data.read_split(s, columns)) for s in ("train", "valid", "test"))
-    known = ((train + valid) > 0).astype(np.float32)
+    train, valid, test = ev.split_matrices(data, ev.Catalog(users[C.USER_ID].to_numpy(), items[C.ITEM_ID].to_numpy()))
+    known = known_history(train, valid)
     rows = []
     for name, (fit, values) in ANCHORS.items():
         start = time.perf_counter()
-        searched = {}
+        searched, best, weights = {}, None, None
         for value in values:
-            scorer = baselines.history_scorer(train, fit(train, value))
-            searched[value] = ev.evaluate(scorer, valid, [10], exclude=train)["ndcg@10"]
-        best = max(searched, key=searched.get)
-        weights = fit(train, best)
+            candidate = fit(train, value)
+            searched[value] = ev.evaluate(baselines.history_scorer(train, candidate), valid, [10], exclude=train)["ndcg@10"]
+            if best is None or searched[value] > searched[best]:
+                best, weights = value, candidate
         metrics = ev.evaluate(baselines.history_scorer(known, weights), test, [10], exclude=known)
         train_only = ev.evaluate(baselines.history_scorer(train, weights), test, [10], exclude=known)
         rows.append({"model": name, "split": split, "seed": seed, "recall@10": metrics["recall@10"],
@@ -128,6 +126,11 @@ def anchor_rows(prepared: tuple, split: str, seed: int) -> list:
                      "valid_ndcg@10": {str(k): round(v, 4) for k, v in searched.items()},
                      "train_seconds": round(time.perf_counter() - start, 1), "best_epoch": None})
     return rows
+
+
+def known_history(train, valid):
+    """What is known of each user at test time: their training and validation items, 0/1."""
+    return ((train + valid) > 0).astype(np.float32).tocsr()
 
 
 def run_seed(split: str, seed: int, models: dict, workdir: Path) -> tuple[list, dict]:

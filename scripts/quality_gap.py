@@ -48,10 +48,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="quality-gap-") as tmp:
         prepared = bq.prepare(args.split, args.seed, Path(tmp) / "data")
         data, users, items = prepared
-        catalog = ev.Catalog(users[C.USER_ID].to_numpy(), items[C.ITEM_ID].to_numpy())
-        columns = [C.USER_ID, C.ITEM_ID, C.CLICK]
-        train, valid, test = (catalog.matrix(data.read_split(s, columns)) for s in ("train", "valid", "test"))
-        known = ((train + valid) > 0).astype(np.float32)
+        train, valid, test = ev.split_matrices(data, ev.Catalog(users[C.USER_ID].to_numpy(), items[C.ITEM_ID].to_numpy()))
+        known = bq.known_history(train, valid)
         scorers = {}
         for name, overrides in bq.MODELS.items():
             config = make_config(overrides={"dataset": "movielens-100k", "split": args.split, "seed": args.seed, **overrides})

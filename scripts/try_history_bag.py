@@ -105,13 +105,11 @@ def main() -> None:
         train_dir = transformed_dir(data.root, "train")
         rows = pd.concat([pd.read_parquet(p) for p in sorted(train_dir.glob("*.parquet"))], ignore_index=True)
         base = Dataset(str(train_dir), engine="parquet", cpu=True).schema.excluding_by_name([C.CLICK])
-        columns = [C.USER_ID, C.ITEM_ID, C.CLICK]
-        catalog = ev.Catalog(users[C.USER_ID].to_numpy(), items[C.ITEM_ID].to_numpy())
-        train, valid, test = (catalog.matrix(data.read_split(s, columns)) for s in ("train", "valid", "test"))
+        train, valid, test = ev.split_matrices(data, ev.Catalog(users[C.USER_ID].to_numpy(), items[C.ITEM_ID].to_numpy()))
         encoded_users, encoded_items = encode(workflow, USER_SUBGRAPH, users), encode(workflow, ITEM_SUBGRAPH, items)
     user_schema = workflow.get_subworkflow(USER_SUBGRAPH).output_schema
     item_schema = workflow.get_subworkflow(ITEM_SUBGRAPH).output_schema
-    known = ((train + valid) > 0).astype(np.float32).tocsr()
+    known = bq.known_history(train, valid)
 
     domain = base.select_by_tag(Tags.ITEM_ID).first.int_domain
     bag_column = ColumnSchema(BAG, dtype=np.int64, is_list=True, is_ragged=True, tags=[Tags.USER, Tags.CATEGORICAL],
