@@ -28,6 +28,7 @@ import pandas as pd
 from build_ensemble import constants as C
 from build_ensemble.errors import ArtifactNotFoundError, RecsysError
 from build_ensemble.serving.encoding import CATEGORIES_DIR, ColumnEncoder, copy_categories
+from build_ensemble.serving.tower import TOWER_DIR
 
 from merlin.dag import BaseOperator, ColumnSelector  # noqa: E402  (import order: merlin after ours)
 from merlin.schema import ColumnSchema, Schema  # noqa: E402
@@ -36,7 +37,6 @@ FOUND = "found"
 PARTIAL = "partial"
 CARRIED = (FOUND, PARTIAL, C.INPUT_K)
 QUERY_EMBEDDING = "query_embedding"
-TOWER_DIR = "query_tower"
 INDEX_DIR = "index"
 
 

@@ -81,6 +81,30 @@ def built_by(version_dir: Path) -> str:
             f"this server runs Python {platform.python_version()}")
 
 
+class _Unpickler(pickle.Unpickler):
+    """Reads merlin-systems' pickled ``Ensemble`` as a plain object holding its graph.
+
+    ``merlin.systems.dag`` imports the export runtimes and, through them, NVTabular's fitting
+    machinery; serving needs only ``ensemble.graph``, whose classes (``merlin.dag``, our operators)
+    load as usual.
+    """
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("merlin.systems.dag.ensemble", "Ensemble"):
+            return _EnsembleState
+        return super().find_class(module, name)
+
+
+class _EnsembleState:
+    """The attributes of an unpickled merlin-systems ``Ensemble`` (``graph`` and ``label_columns``)."""
+
+
+def read_graph(artifact_path: Path):
+    """The exported ensemble (``ensemble.pkl``), with its graph, without importing ``merlin.systems``."""
+    with open(artifact_path / "ensemble.pkl", "rb") as file:
+        return _Unpickler(file).load()
+
+
 def load_ensemble(artifact_path: str | Path):
     """Unpickle the exported graph and load its operators' artifacts.
 
@@ -91,12 +115,10 @@ def load_ensemble(artifact_path: str | Path):
         ArtifactNotFoundError: if the graph cannot be unpickled here (other Python or package
             versions, or a repository of an older layout), naming the versions that built it.
     """
-    from merlin.systems.dag import Ensemble
-
     artifact_path = Path(artifact_path)
     try:
-        ensemble = Ensemble.load(str(artifact_path))
-    except (ImportError, AttributeError, pickle.UnpicklingError) as exc:
+        ensemble = read_graph(artifact_path)
+    except (ImportError, AttributeError, pickle.UnpicklingError, OSError) as exc:
         raise ArtifactNotFoundError(
             f"the graph in {artifact_path} cannot be loaded ({type(exc).__name__}: {exc}); "
             f"{built_by(artifact_path.parent)}: rebuild or re-export it with this environment"

@@ -13,8 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+TOWER_DIR = "query_tower"  # in an exported graph's folder: the NumPy tower or the SavedModel
 WEIGHTS_FILE = "tower.npz"
 LAYOUT_FILE = "tower.json"
+
+
+def is_numpy_tower(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a NumPy tower (rather than a SavedModel)."""
+    return (Path(folder) / LAYOUT_FILE).is_file()
 
 
 @dataclass

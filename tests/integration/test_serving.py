@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 from build_ensemble import constants as C
 from build_ensemble.client import RetrievalClient
 from build_ensemble.config import make_config
-from build_ensemble.export import export_repository
+from build_ensemble.export import GraphSpec, export_repository
 from build_ensemble.pipeline import build
 from build_ensemble.server.launch import TritonServer
 
@@ -326,3 +327,45 @@ def test_the_exported_graph_pickles_no_object_by_value(movielens_build):
     by_value = {"_make_function", "_make_skeleton_class", "_builtin_type", "_function_setstate", "_class_setstate"}
     assert not by_value & {s for s in strings if isinstance(s, str)}, sorted(by_value & set(strings))
     assert any(isinstance(s, str) and s.startswith("build_ensemble.serving.ops") for s in strings)
+
+
+def backend_stubs(state_dir) -> list:
+    """The ``/proc`` folders of the Python-backend stubs of the tritonserver whose state is in ``state_dir``."""
+    stub = (Path(state_dir) / "backends" / "python" / "triton_python_backend_stub").as_posix().encode()
+    found = []
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            if (process / "cmdline").read_bytes().split(b"\0")[0] == stub:
+                found.append(process)
+        except OSError:
+            continue
+    return found
+
+
+def test_the_numpy_tower_keeps_tensorflow_out_of_the_backend(served):
+    """The running stub of the default (NumPy tower) repository has not loaded TensorFlow: its log
+    line says so, and no TensorFlow library is mapped into the process."""
+    log = served.log_path.read_text()
+    assert "retrieval version 1 loaded in" in log and "tensorflow not imported" in log, log[-3000:]
+    stubs = backend_stubs(served.state_dir)
+    assert stubs
+    for stub in stubs:
+        assert "tensorflow" not in (stub / "maps").read_text()
+
+
+def test_the_savedmodel_tower_serves_in_the_backend_with_tensorflow(movielens_build, offline, tmp_path):
+    """A build without a verified NumPy tower serves its SavedModel in the backend process (which then
+    imports TensorFlow), with the offline answers."""
+    graph = GraphSpec(**json.loads((movielens_build.out / C.MANIFEST_FILE).read_text())["graph"])
+    export_repository(movielens_build.out, tmp_path / "repo", movielens_build.feature_repo, spec=replace(graph, numpy_tower=False))
+    assert not (tmp_path / "repo" / C.MODEL_NAME / "1" / "ensemble" / "query_tower" / "tower.json").exists()
+    users = sorted(offline)[::90]
+    spec = server_spec(tmp_path / "repo", tmp_path / "state", feature_repo=movielens_build.feature_repo)
+    spec.verify = False  # export_repository alone writes no build manifest
+    with TritonServer(spec), RetrievalClient(spec.grpc_url) as c:
+        answers = c.recommend(users)
+        assert "tensorflow imported" in spec.log_path.read_text()
+        assert all("libtensorflow" in (stub / "maps").read_text() for stub in backend_stubs(spec.state_dir))
+    for user, answer in zip(users, answers):
+        assert answer.item_ids == offline[user][0].tolist(), user
+        np.testing.assert_allclose(answer.scores, offline[user][1], atol=1e-4)
