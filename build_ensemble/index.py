@@ -1,8 +1,11 @@
 """FAISS index over the item embeddings (inner product, the model's score), keyed by raw item id.
 
-``auto`` keeps exact search for small catalogs and switches to IVF above
-``EXACT_MAX_ITEMS``; the search-time parameter (``nprobe`` / ``efSearch``) is raised until
-recall@k against exact search, measured on real user vectors, reaches the target.
+Every approximate kind has its search-time parameter (``nprobe`` / ``efSearch``) raised until
+recall@k against exact search reaches the target, on real user vectors and on item vectors.
+``auto`` builds every kind of :data:`CANDIDATES` that way, times a single-query search of
+each, and keeps the fastest that reaches the target; exact search stays unless an
+approximate index saves at least :data:`EXACT_MARGIN_MS` per query. Each candidate's
+recall, latency and build time go into ``index.json`` and the build manifest.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,16 +24,22 @@ from build_ensemble import constants as C
 from build_ensemble.artifacts import StageResult, item_popularity, raw_ids, read_embeddings
 from build_ensemble.config import BuildConfig
 from build_ensemble.prepared import PreparedData
-from build_ensemble.serving.index import INDEX_FILE, INFO_FILE, ITEM_IDS_FILE, POPULAR_FILE, IndexInfo, ItemIndex, gpu_count, set_search_params
+from build_ensemble.serving.index import INDEX_FILE, INFO_FILE, ITEM_IDS_FILE, IVF_DATA_FILE, POPULAR_FILE, IndexInfo, ItemIndex, gpu_count, set_search_params
 
 logger = logging.getLogger(__name__)
 
-EXACT_MAX_ITEMS = 50_000
+CANDIDATES = ("flat", "ivf", "hnsw", "ivfpq")  # what auto measures
+KINDS = CANDIDATES
 TARGET_RECALL = 0.95
+EXACT_MARGIN_MS = 0.05  # what an approximate index must save per query to replace exact search
 INDEX_QUERIES = 1000  # user vectors the search parameter is tuned on
+LATENCY_QUERIES = 200  # single-query searches timed per candidate
 HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 200
+HNSW_EF_CONSTRUCTION = 80
 IVF_TRAIN_POINTS_PER_LIST = 64
+PQ_DIMS_PER_CODE = 2  # IVF-PQ fast scan: one 4-bit code per 2 coordinates
+REFINE_FACTOR = 16  # IVF-PQ: exact re-rank of the best k * k_factor codes, k_factor from 16 ...
+MAX_REFINE_FACTOR = 256  # ... doubled up to this while the codes miss the target recall
 
 
 def run(config: BuildConfig, build_dir: Path, out_dir: Path | None = None) -> StageResult:
@@ -53,15 +63,10 @@ def run(config: BuildConfig, build_dir: Path, out_dir: Path | None = None) -> St
 
 
 def satisfies(info: dict, kind: str, top_k: int) -> bool:
-    """Whether an index (its ``index.json``) is of the requested kind and tuned for ``top_k``."""
-    return info["kind"] == choose_kind(kind, info["items"]) and info["k"] == min(top_k, info["items"])
-
-
-def choose_kind(requested: str, num_items: int) -> str:
-    """Resolve ``auto`` by catalog size; other kinds are returned as given."""
-    if requested != "auto":
-        return requested
-    return "flat" if num_items <= EXACT_MAX_ITEMS else "ivf"
+    """Whether an index (its ``index.json``) was built as requested (a kind, or ``auto``: chosen by
+    measurement) and tuned for ``top_k``."""
+    chosen = bool(info.get("candidates")) if kind == "auto" else info["kind"] == kind and not info.get("candidates")
+    return chosen and info["k"] == min(top_k, info["items"])
 
 
 def ivf_lists(num_items: int) -> int:
@@ -101,8 +106,20 @@ def _make_index(kind: str, embeddings: np.ndarray, ids: np.ndarray, seed: int):
         hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         index = faiss.IndexIDMap2(hnsw)
         params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": 16, "max_norm": max_norm}
+    elif kind == "ivfpq":
+        embeddings, max_norm = _augment(embeddings)
+        width = embeddings.shape[1] + (-embeddings.shape[1]) % PQ_DIMS_PER_CODE  # zero-padded, L2 unchanged
+        embeddings = np.ascontiguousarray(np.pad(embeddings, ((0, 0), (0, width - embeddings.shape[1]))))
+        nlist, codes = ivf_lists(n), width // PQ_DIMS_PER_CODE
+        ivf = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(width), width, nlist, codes, 4, faiss.METRIC_L2)
+        ivf.cp.seed = seed
+        sample = np.random.default_rng(seed).permutation(n)[: max(nlist * IVF_TRAIN_POINTS_PER_LIST, 16 * 256)]
+        ivf.train(embeddings[np.sort(sample)])
+        refine = faiss.IndexRefineFlat(ivf)
+        index = faiss.IndexIDMap2(refine)
+        params = {"nlist": nlist, "nprobe": 1, "pq_codes": codes, "k_factor": REFINE_FACTOR, "max_norm": max_norm}
     else:
-        raise ValueError(f"index kind must be flat, ivf or hnsw, got {kind!r}")
+        raise ValueError(f"index kind must be one of {', '.join(KINDS)}, got {kind!r}")
     index.add_with_ids(embeddings, ids)
     return index, params
 
@@ -157,7 +174,7 @@ def build_index(
     target_recall: float = TARGET_RECALL,
     seed: int = 0,
 ) -> ItemIndex:
-    """Build the index and tune its search parameter on real query vectors.
+    """Build the index (``auto``: choose it by measurement) and tune its search parameter on real query vectors.
 
     Args:
         embeddings: ``[num_items, dim]`` float32 item embeddings.
@@ -165,51 +182,111 @@ def build_index(
             their positions, the index maps them back).
         queries: ``[q, dim]`` float32 user embeddings to measure recall on (as many item
             embeddings are drawn as a second query set).
-        kind: ``auto``, ``flat``, ``ivf`` or ``hnsw``.
+        kind: ``auto`` or one of :data:`KINDS`.
         k: recall cut-off.
         target_recall: smallest acceptable recall@k against exact search.
         seed: seed of IVF training.
 
     Returns:
-        The index (on the CPU) with its :class:`IndexInfo`.
+        The index (on the CPU) with its :class:`IndexInfo`; after ``auto``, ``info.candidates``
+        holds every candidate's measured recall, latency and build time.
     """
+    if kind != "auto" and kind not in KINDS:
+        raise ValueError(f"index kind must be auto or one of {', '.join(KINDS)}, got {kind!r}")
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     ids = raw_ids(ids)
     item_ids = None if ids.dtype == np.int64 else ids
     ids = ids if item_ids is None else np.arange(len(ids), dtype=np.int64)
-    kind = choose_kind(kind, len(ids))
     k = min(k, len(ids))
-    raw, params = _make_index(kind, embeddings, ids, seed)
-    info = IndexInfo(kind, len(ids), embeddings.shape[1], params, 1.0, k, len(queries), gpu_count() > 0)
-    index = ItemIndex(raw, info, item_ids)
     item_queries = embeddings[np.random.default_rng(seed).permutation(len(ids))[: len(queries)]]
     truths = [exact_truth(embeddings, ids, q, k) for q in (queries, item_queries)]
     rows = pd.Index(ids)
 
-    def measure() -> list:
-        return [recall_against(index, truth, embeddings, rows, k) for truth in truths]
+    def tuned(kind: str) -> ItemIndex:
+        raw, params = _make_index(kind, embeddings, ids, seed)
+        index = ItemIndex(raw, IndexInfo(kind, len(ids), embeddings.shape[1], params, 1.0, k, len(queries), gpu_count() > 0), item_ids)
+        def measure() -> list:
+            return [recall_against(index, truth, embeddings, rows, k) for truth in truths]
 
-    knob = {"ivf": "nprobe", "hnsw": "efSearch"}.get(kind)
-    recalls = measure()
-    if knob:
-        limit = params["nlist"] if kind == "ivf" else 4096
-        while min(recalls) < target_recall and params[knob] < limit:
+        knob = {"ivf": "nprobe", "ivfpq": "nprobe", "hnsw": "efSearch"}.get(kind)
+        if kind == "ivfpq":  # first the re-rank depth that the codes' error needs (every list probed)
+            params["nprobe"] = params["nlist"]
+            set_search_params(raw, params)
+            while min(measure()) < target_recall and params["k_factor"] < MAX_REFINE_FACTOR:
+                params["k_factor"] *= 2
+                set_search_params(raw, params)
+            params["nprobe"] = 1
+            set_search_params(raw, params)
+        recalls = measure()
+        limit = params.get("nlist", 4096)
+        while knob and min(recalls) < target_recall and params[knob] < limit:
             params[knob] = min(limit, params[knob] * 2)
             set_search_params(raw, params)
             recalls = measure()
-    info.recall_at_k, info.recall_at_k_item_queries = round(recalls[0], 4), round(recalls[1], 4)
-    logger.info("index %s over %d items: recall@%d %s with %s", kind, len(ids), k, recalls, params)
-    return index
+        index.info.recall_at_k, index.info.recall_at_k_item_queries = round(recalls[0], 4), round(recalls[1], 4)
+        logger.info("index %s over %d items: recall@%d %s with %s", kind, len(ids), k, recalls, params)
+        return index
+
+    if kind != "auto":
+        return tuned(kind)
+    kept, candidates = {}, []
+    for candidate in CANDIDATES:
+        started = time.perf_counter()
+        index = tuned(candidate)
+        candidates.append({"kind": candidate, "params": dict(index.info.params), "recall_at_k": index.info.recall_at_k,
+                           "recall_at_k_item_queries": index.info.recall_at_k_item_queries,
+                           "build_s": round(time.perf_counter() - started, 2),
+                           "latency_ms": search_latency_ms(index, queries, k)})
+        if choose(candidates, target_recall) == candidate or candidate == "flat":
+            kept = {kind: kept[kind] for kind in kept if kind == "flat"} | {candidate: index}  # the rest is freed
+    chosen = kept[choose(candidates, target_recall)]
+    chosen.info.candidates = candidates
+    logger.info("index by measurement: %s of %s", chosen.info.kind, candidates)
+    return chosen
+
+
+def choose(candidates: list, target_recall: float = TARGET_RECALL) -> str:
+    """The kind to serve among measured candidates: the fastest approximate one whose recall on
+    user and item queries reaches ``target_recall``, if it saves at least :data:`EXACT_MARGIN_MS`
+    per query against exact search (``flat``, which must be among them); else ``flat``."""
+    exact = next(c for c in candidates if c["kind"] == "flat")
+    passing = [c for c in candidates if c["kind"] != "flat"
+               and min(c["recall_at_k"], c["recall_at_k_item_queries"]) >= target_recall]
+    fastest = min(passing, key=lambda c: c["latency_ms"], default=None)
+    return fastest["kind"] if fastest and fastest["latency_ms"] <= exact["latency_ms"] - EXACT_MARGIN_MS else "flat"
+
+
+def search_latency_ms(index: ItemIndex, queries: np.ndarray, k: int) -> float:
+    """Median milliseconds of one single-query search (as the server sends one user), after a warm-up."""
+    for query in queries[:20]:
+        index.search(query[None], k)
+    seconds = []
+    for query in queries[:LATENCY_QUERIES]:
+        started = time.perf_counter()
+        index.search(query[None], k)
+        seconds.append(time.perf_counter() - started)
+    return round(float(np.median(seconds)) * 1e3, 4)
 
 
 def save_index(index: ItemIndex, folder: str | Path) -> Path:
-    """Write ``items.faiss``, ``index.json`` and, for string ids, ``item_ids.parquet`` into ``folder``."""
+    """Write ``items.faiss`` (an IVF index's lists in ``items.ivfdata``), ``index.json`` and, for
+    string ids, ``item_ids.parquet`` into ``folder``."""
     import faiss
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    faiss.write_index(index.index, str(folder / INDEX_FILE))
+    raw = index.index
+    if index.info.kind == "ivf":  # its lists in their own file, which load_index memory-maps
+        raw = faiss.clone_index(raw)
+        ivf = faiss.downcast_index(raw.index)
+        lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(folder / IVF_DATA_FILE))
+        source = faiss.InvertedListsPtrVector()
+        source.push_back(faiss.downcast_index(index.index.index).invlists)
+        lists.merge_from(source.data(), source.size())
+        ivf.replace_invlists(lists, True)
+        lists.this.disown()  # owned by the index now
+    faiss.write_index(raw, str(folder / INDEX_FILE))
     (folder / INFO_FILE).write_text(json.dumps(asdict(index.info), indent=2))
     if index.item_ids is not None:
         pd.DataFrame({C.ITEM_ID: index.item_ids}).to_parquet(folder / ITEM_IDS_FILE, index=False)

@@ -1,13 +1,28 @@
-"""Serving benchmark: our ensemble against the stock merlin-systems graph, side by side.
+"""Serving benchmark: Triton's floor, our ensemble and the stock merlin-systems graph, in one run.
 
 For each catalog size, builds through the real pipeline (synthetic Ali-CCP with that many
-items: item features -> item tower -> embeddings -> index), exports the stock graph from the
-same artifacts (scripts/stock_ensemble.py), serves each on the same tritonserver build, and
-drives it over gRPC with the load-test harness (loopback, real user ids), each level
-repeated; medians are reported with the spread.
+items: item features -> item tower -> embeddings -> index chosen by measurement), exports the
+stock graph from the same artifacts (scripts/stock_ensemble.py), and serves three systems on
+the same tritonserver build, one at a time:
+
+- ``floor``: a trivial Python-backend model with our model's config that returns fixed ids
+  (scripts/floor_model.py): what any Python-backend model costs here;
+- ``ours``: the build's repository;
+- ``stock``: the stock graph (skipped above ``--stock-max`` items: it cannot build its
+  in-memory Feast/IVF32 set-up there in reasonable time).
+
+Each is driven over gRPC by the load-test harness (loopback, real user ids; one user per
+request at each ``--concurrency``, then 32 users per request at the highest), each level
+repeated, medians reported with the spread; floor and ours also by perf_analyzer at the same
+levels. Every level records the profile: the model's own per-stage timers
+(``retrieval_stage_seconds``), Triton's queue/compute split, and the CPU time of the server
+(process tree) and of the client (this process) per request. At the largest catalog it also
+measures ours with 2 backend instances against 1 (RSS and PSS) and the dynamic batcher's
+queue delay.
 
     .venv/bin/python scripts/bench_serving.py                         # 10k, 100k, 1M items
     .venv/bin/python scripts/bench_serving.py --catalogs 10000 --repeats 1 --duration 3
+    .venv/bin/python scripts/bench_serving.py --table                 # README table of benchmarks/serving.json
 
 Prints a table and writes benchmarks/serving.json.
 """
@@ -18,11 +33,14 @@ import argparse
 import json
 import os
 import platform
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,10 +54,14 @@ from build_ensemble import constants as C  # noqa: E402
 from build_ensemble import index as ix  # noqa: E402
 from build_ensemble.artifacts import read_embeddings  # noqa: E402
 from build_ensemble.loadtest import harness as loadtest  # noqa: E402
+from build_ensemble.loadtest import perf_analyzer  # noqa: E402
+from build_ensemble.serving.metrics import STAGE_SECONDS  # noqa: E402
 from build_ensemble.server.launch import ServerSpec, TritonServer  # noqa: E402
 from stock_ensemble import export_stock  # noqa: E402
 
-SYSTEMS = {"ours": C.MODEL_NAME, "stock": "executor_model"}
+MODELS = {"floor": "floor", "ours": C.MODEL_NAME, "stock": "executor_model"}
+BATCH_USERS = 32
+QUEUE_DELAYS_US = (0, 100, 500)
 
 
 def build(catalog: int, rows: int, folder: Path) -> None:
@@ -50,6 +72,26 @@ def build(catalog: int, rows: int, folder: Path) -> None:
     with open(folder / "build.log", "w") as log:
         if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
             raise SystemExit(f"build of {catalog} items failed: see {folder / 'build.log'}")
+
+
+def floor_repository(ours: Path, out: Path) -> Path:
+    """A repository holding only ``floor``: our model's config.pbtxt (inputs, outputs, batcher) renamed."""
+    config = (ours / C.MODEL_NAME / "config.pbtxt").read_text()
+    (out / "floor" / "1").mkdir(parents=True)
+    (out / "floor" / "config.pbtxt").write_text(config.replace(f'name: "{C.MODEL_NAME}"', 'name: "floor"', 1))
+    shutil.copy(ROOT / "scripts" / "floor_model.py", out / "floor" / "1" / "model.py")
+    return out
+
+
+def variant(ours: Path, out: Path, instances: int = 1, queue_delay_us: int | None = None) -> Path:
+    """A copy of our repository with another instance count or dynamic-batcher queue delay."""
+    shutil.copytree(ours, out)
+    path = out / C.MODEL_NAME / "config.pbtxt"
+    config = re.sub(r"count: \d+", f"count: {instances}", path.read_text())
+    if queue_delay_us is not None:
+        config = re.sub(r"dynamic_batching \{[^}]*\}", f"dynamic_batching {{\n  max_queue_delay_microseconds: {queue_delay_us}\n}}", config)
+    path.write_text(config)
+    return out
 
 
 def stock_recall(folder: Path, k: int = 10) -> tuple[float, float]:
@@ -69,34 +111,148 @@ def stock_recall(folder: Path, k: int = 10) -> tuple[float, float]:
     return recalls[0], recalls[1]
 
 
-def measure(system: str, repository: Path, folder: Path, levels: list, repeats: int, duration: float) -> list:
+def stage_totals(metrics_url: str) -> dict:
+    """``{stage: (seconds, batches)}`` from the model's ``retrieval_stage_seconds`` on Triton's /metrics."""
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    totals: dict = {}
+    for part, index in (("sum", 0), ("count", 1)):
+        for stage, value in re.findall(rf'^{STAGE_SECONDS}_{part}{{[^}}]*stage="(\w+)"[^}}]*}} (\S+)$', text, re.M):
+            totals.setdefault(stage, [0.0, 0.0])[index] += float(value)
+    return totals
+
+
+class Profile:
+    """What one level cost: per-stage model time, server and client CPU, per request."""
+
+    def __init__(self, server: TritonServer, staged: bool):
+        self.server, self.staged = server, staged
+        self.metrics_url = f"http://127.0.0.1:{server.spec.metrics_port}/metrics"
+
+    def __enter__(self):
+        self.stages = stage_totals(self.metrics_url) if self.staged else {}
+        self.server_cpu = loadtest.process_tree_cpu_s(self.server.pid)
+        self.client_cpu = sum(os.times()[:2])
+        return self
+
+    def result(self, requests: int) -> dict:
+        n = max(1, requests)
+        out = {"server_cpu_ms": round((loadtest.process_tree_cpu_s(self.server.pid) - self.server_cpu) / n * 1e3, 3),
+               "client_cpu_ms": round((sum(os.times()[:2]) - self.client_cpu) / n * 1e3, 3)}
+        if self.staged:
+            after = stage_totals(self.metrics_url)
+            out["stage_ms"] = {s: round((v[0] - self.stages.get(s, [0, 0])[0]) / n * 1e3, 4) for s, v in after.items()}
+        return out
+
+    def __exit__(self, *exc):
+        return False
+
+
+def measure(system: str, repository: Path, folder: Path, levels: list, repeats: int, duration: float,
+            with_perf_analyzer: bool, batch: bool = True, verify: bool = False) -> list:
+    """Harness levels (1 user per request, then 32 at the highest concurrency) and perf_analyzer ones."""
     spec = ServerSpec(repository=str(repository), state_dir=str(folder / f".serve-{system}"),
-                      http_port=18000, grpc_port=18001, metrics_port=18002,
-                      verify=system == "ours")  # the stock export has no build manifest
+                      http_port=18000, grpc_port=18001, metrics_port=18002, verify=verify)
     ids = loadtest.UserIds(folder / "artifacts")
+    model = MODELS[system]
     rows = []
+    plan = [(c, 1) for c in levels] + ([(max(levels), BATCH_USERS)] if batch else [])
     with TritonServer(spec) as server:
-        loadtest.run_level(spec.grpc_url, "grpc", ids, concurrency=1, duration=2, model=SYSTEMS[system])  # warm-up
-        for concurrency in levels:
-            runs = [
-                loadtest.run_level(spec.grpc_url, "grpc", ids, concurrency=concurrency, duration=duration,
-                                   server_pid=server.pid, model=SYSTEMS[system])
-                for _ in range(repeats)
-            ]
+        loadtest.run_level(spec.grpc_url, "grpc", ids, concurrency=1, duration=2, model=model)  # warm-up
+        for concurrency, users in plan:
+            runs, profiles = [], []
+            for _ in range(repeats):
+                with Profile(server, staged=system == "ours") as profile:
+                    runs.append(loadtest.run_level(spec.grpc_url, "grpc", ids, concurrency=concurrency, duration=duration,
+                                                   users_per_request=users, server_pid=server.pid, model=model))
+                profiles.append(profile.result(runs[-1].requests))
             rps = [r.rps for r in runs]
+            middle = sorted(range(repeats), key=lambda i: rps[i])[repeats // 2]
             rows.append({
-                "system": system, "protocol": "grpc", "concurrency": concurrency,
-                "rps": statistics.median(rps), "rps_min": min(rps), "rps_max": max(rps),
+                "system": system, "client": "harness", "protocol": "grpc", "concurrency": concurrency,
+                "users_per_request": users, "rps": statistics.median(rps), "rps_min": min(rps), "rps_max": max(rps),
+                "users_s": round(statistics.median(rps) * users, 1),
                 "p50_ms": statistics.median(r.p50_ms for r in runs),
                 "p99_ms": statistics.median(r.p99_ms for r in runs),
                 "p99_ms_max": max(r.p99_ms for r in runs),
                 "errors": sum(sum(r.errors.values()) for r in runs),
                 "rss_mb": max(r.server_rss_mb or 0 for r in runs),
-                "models": runs[len(runs) // 2].models,
+                "pss_mb": loadtest.process_tree_pss_mb(server.pid),
+                "models": runs[middle].models, "profile": profiles[middle],
             })
-            print(f"    {system} c={concurrency}: {rows[-1]['rps']:.1f} req/s, p50 {rows[-1]['p50_ms']:.2f} ms, "
-                  f"p99 {rows[-1]['p99_ms']:.2f} ms", file=sys.stderr, flush=True)
+            log(f"{system} c={concurrency} x{users}: {rows[-1]['rps']:.1f} req/s, p50 {rows[-1]['p50_ms']:.2f} ms, "
+                f"p99 {rows[-1]['p99_ms']:.2f} ms, RSS {rows[-1]['rss_mb']:.0f} MB, {profiles[middle]}")
+        if with_perf_analyzer:
+            data = perf_analyzer.write_input_data(folder / "perf_input.json", ids.sample(1000))
+            for concurrency in levels:
+                result = perf_analyzer.run(spec.grpc_url, "grpc", data, concurrency, folder / f"pa-{system}-{concurrency}.csv",
+                                           model=model)
+                rows.append({"system": system, "client": "perf_analyzer", "protocol": "grpc", "users_per_request": 1,
+                             **result, "rss_mb": loadtest.process_tree_rss_mb(server.pid)})
+                log(f"{system} perf_analyzer c={concurrency}: {result}")
     return rows
+
+
+def log(message: str) -> None:
+    print(f"    {message}", file=sys.stderr, flush=True)
+
+
+def catalog_rows(catalog: int, args, tmp: Path, largest: bool) -> list:
+    folder = tmp / f"items{catalog}"
+    folder.mkdir()
+    log(f"==> {catalog:,} items: build")
+    started = time.perf_counter()
+    build(catalog, args.rows, folder)
+    build_s = round(time.perf_counter() - started, 1)
+    index = json.loads((folder / "artifacts" / C.MANIFEST_FILE).read_text())["index"]
+    systems = {"floor": floor_repository(folder / "model_repository", folder / "floor_repository"),
+               "ours": folder / "model_repository"}
+    recalls = {"floor": (None, None), "ours": (index["recall_at_k"], index["recall_at_k_item_queries"])}
+    if catalog <= args.stock_max:
+        export_stock(folder / "artifacts", folder / "feature_repo", folder / "stock_repository")
+        systems["stock"], recalls["stock"] = folder / "stock_repository", stock_recall(folder)
+    rows = []
+    for system, repository in systems.items():
+        for row in measure(system, repository, folder, args.concurrency, args.repeats, args.duration,
+                           with_perf_analyzer=system != "stock", verify=system == "ours"):
+            rows.append({"catalog": catalog, **row, "recall_at_10": recalls[system][0],
+                         "recall_at_10_item_queries": recalls[system][1],
+                         "index": {"ours": f"{index['kind']} {index['params']}", "stock": "IVF32,Flat nprobe 8"}.get(system)})
+    rows[0]["build_s"] = build_s
+    rows[0]["index_candidates"] = index.get("candidates", [])
+    if largest:
+        rows += variants(catalog, folder, args)
+    return rows
+
+
+def variants(catalog: int, folder: Path, args) -> list:
+    """Ours with 2 backend instances, and with each dynamic-batcher queue delay (one repeat each)."""
+    rows = []
+    settings = [{"instances": 2}] + [{"queue_delay_us": d} for d in QUEUE_DELAYS_US]
+    for setting in settings:
+        repository = variant(folder / "model_repository", folder / f"variant-{len(rows)}", **setting)
+        levels = [max(args.concurrency)] if "instances" in setting else args.concurrency
+        for row in measure("ours", repository, folder, levels, 1, args.duration, with_perf_analyzer=False, batch=False):
+            rows.append({"catalog": catalog, **row, "variant": setting})
+    return rows
+
+
+def markdown(report: dict) -> str:
+    """The README's table: every harness row with its ratio to the floor and to stock."""
+    rows = [r for r in report["rows"] if "variant" not in r]
+    lines = ["| catalog | system | client | users/request | c | req/s | users/s | p50 ms | p99 ms | server RSS MB "
+             "| of floor's req/s | ours/stock req/s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        def same(system):
+            return next((o for o in rows if o["catalog"] == r["catalog"] and o["system"] == system
+                         and o["client"] == r["client"] and o["concurrency"] == r["concurrency"]
+                         and o["users_per_request"] == r["users_per_request"]), None)
+        floor, stock = same("floor"), same("stock")
+        of_floor = f"{r['rps'] / floor['rps']:.0%}" if floor and r["system"] != "floor" else ""
+        of_stock = f"{r['rps'] / stock['rps']:.0f}×" if stock and r["system"] == "ours" else ""
+        lines.append(f"| {r['catalog']:,} | {r['system']} | {r['client']} | {r['users_per_request']} | {r['concurrency']} "
+                     f"| {r['rps']:,.0f} | {r['rps'] * r['users_per_request']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+                     f"| {r['rss_mb'] or 0:,.0f} | {of_floor} | {of_stock} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -106,46 +262,31 @@ def main() -> None:
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured level")
+    parser.add_argument("--stock-max", type=int, default=1_000_000, help="largest catalog the stock graph is built for")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "serving.json"))
+    parser.add_argument("--table", action="store_true", help="print the README table of --out and exit")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return
 
     started = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         for catalog in args.catalogs:
-            folder = Path(tmp) / f"items{catalog}"
-            folder.mkdir()
-            print(f"==> {catalog:,} items: build", file=sys.stderr, flush=True)
-            build(catalog, args.rows, folder)
-            export_stock(folder / "artifacts", folder / "feature_repo", folder / "stock_repository")
-            manifest = json.loads((folder / "artifacts" / C.MANIFEST_FILE).read_text())
-            index = manifest["index"]
-            recalls = {"ours": (index["recall_at_k"], index["recall_at_k_item_queries"]), "stock": stock_recall(folder)}
-            for system, repository in (("ours", folder / "model_repository"), ("stock", folder / "stock_repository")):
-                for row in measure(system, repository, folder, args.concurrency, args.repeats, args.duration):
-                    rows.append({"catalog": catalog, **row, "recall_at_10": recalls[system][0],
-                                 "recall_at_10_item_queries": recalls[system][1],
-                                 "index": f"{index['kind']} {index['params']}" if system == "ours" else "IVF32,Flat nprobe 8"})
-
-    print(f"\n{'catalog':>9} {'system':<6} {'conc':>4} {'req/s':>8} {'(min-max)':>15} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'RSS MB':>7} {'recall@10':>9} {'(items)':>8} {'ours/stock':>10}")
-    for row in rows:
-        stock = next(r for r in rows if r["catalog"] == row["catalog"] and r["system"] == "stock"
-                     and r["concurrency"] == row["concurrency"])
-        ratio = f"{row['rps'] / stock['rps']:.1f}x" if row["system"] == "ours" else ""
-        print(f"{row['catalog']:>9,} {row['system']:<6} {row['concurrency']:>4} {row['rps']:>8.1f} "
-              f"{row['rps_min']:>7.1f}-{row['rps_max']:<7.1f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
-              f"{row['rss_mb']:>7.0f} {row['recall_at_10']:>9.4f} {row['recall_at_10_item_queries']:>8.4f} {ratio:>10}")
+            rows += catalog_rows(catalog, args, Path(tmp), largest=catalog == max(args.catalogs))
     report = {
         "rows": rows,
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         "tritonserver 2.51 (nvidia-pytriton 0.7.0, CPU, Python backend); client on the same machine",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": {"rows": args.rows, "repeats": args.repeats, "duration_s": args.duration, "users_per_request": 1},
+        "settings": {"rows": args.rows, "repeats": args.repeats, "duration_s": args.duration,
+                     "concurrency": args.concurrency, "batch_users": BATCH_USERS, "stock_max": args.stock_max},
         "minutes": round((time.perf_counter() - started) / 60, 1),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(markdown(report))
     print(f"wrote {args.out} ({report['minutes']} min)", file=sys.stderr)
 
 

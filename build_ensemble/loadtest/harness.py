@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import ipaddress
 import json
+import os
 import socket
 import threading
 import time
@@ -138,35 +139,59 @@ def per_model_split(before: dict, after: dict) -> dict:
     return split
 
 
-def process_tree_rss_mb(pid: int) -> float | None:
-    """Resident memory of a process and all its descendants (the server and its backend stubs)."""
+def process_tree(pid: int) -> list:
+    """A process and all its descendants (the server and its backend stubs), as ``/proc`` folders."""
     children: dict = {}
-    for status in Path("/proc").glob("[0-9]*/status"):
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
-        except OSError:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             continue
-        children.setdefault(int(fields.get("PPid", "0").strip()), []).append((int(status.parent.name), fields))
-    total, todo, seen = 0.0, [pid], set()
-    try:
-        own = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    total += _rss_kb(own)
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
     while todo:
-        for child, fields in children.get(todo.pop(), []):
-            if child not in seen:
-                seen.add(child)
-                total += int(fields.get("VmRSS", "0 kB").split()[0])
-                todo.append(child)
-    return round(total / 1024, 1)
+        current = todo.pop()
+        tree.append(Path(f"/proc/{current}"))
+        todo.extend(c for c in children.get(current, []) if Path(f"/proc/{c}") not in tree)
+    return tree
 
 
-def _rss_kb(status_text: str) -> int:
-    for line in status_text.splitlines():
-        if line.startswith("VmRSS:"):
+def _status_kb(process: Path, field: str, file: str = "status") -> int:
+    try:
+        text = (process / file).read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
+
+
+def process_tree_rss_mb(pid: int) -> float | None:
+    """Resident memory of a process and all its descendants (shared pages counted in each process)."""
+    if not Path(f"/proc/{pid}").exists():
+        return None
+    return round(sum(_status_kb(p, "VmRSS") for p in process_tree(pid)) / 1024, 1)
+
+
+def process_tree_pss_mb(pid: int) -> float | None:
+    """Proportional set size of a process tree: each shared page counted once in all (a memory-mapped
+    index shared by two backend instances counts once here, twice in the RSS)."""
+    if not Path(f"/proc/{pid}").exists():
+        return None
+    return round(sum(_status_kb(p, "Pss", "smaps_rollup") for p in process_tree(pid)) / 1024, 1)
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds used so far by a process tree (its live members)."""
+    ticks = 0
+    for process in process_tree(pid):
+        try:
+            fields = (process / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def run_level(

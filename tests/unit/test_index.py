@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,10 +16,39 @@ def clustered(n, dim=32, centers=64, seed=0):
     return points.astype(np.float32)
 
 
-def test_auto_is_exact_for_small_catalogs_and_ann_for_large():
-    assert ix.choose_kind("auto", 10_000) == "flat"
-    assert ix.choose_kind("auto", ix.EXACT_MAX_ITEMS + 1) == "ivf"
-    assert ix.choose_kind("hnsw", 10) == "hnsw"
+def candidate(kind, latency_ms, recall=1.0, item_recall=1.0):
+    return {"kind": kind, "latency_ms": latency_ms, "recall_at_k": recall, "recall_at_k_item_queries": item_recall}
+
+
+def test_the_choice_is_the_fastest_index_that_reaches_the_recall_floor():
+    exact = candidate("flat", 2.0)
+    assert ix.choose([exact, candidate("ivf", 0.5), candidate("hnsw", 0.3)], 0.95) == "hnsw"
+    # faster but under the floor, on user or on item queries: not chosen
+    assert ix.choose([exact, candidate("ivf", 0.5), candidate("hnsw", 0.3, recall=0.94)], 0.95) == "ivf"
+    assert ix.choose([exact, candidate("ivf", 0.5), candidate("hnsw", 0.3, item_recall=0.9)], 0.95) == "ivf"
+    assert ix.choose([exact, candidate("ivf", 0.1, recall=0.5)], 0.95) == "flat"
+    # exact search stays unless an approximate index saves EXACT_MARGIN_MS per query
+    assert ix.choose([candidate("flat", 0.06), candidate("ivf", 0.06 - ix.EXACT_MARGIN_MS / 2)], 0.95) == "flat"
+
+
+def test_auto_measures_every_candidate_and_serves_one_that_obeys_the_floor(tmp_path):
+    items = clustered(20_000)
+    queries = clustered(300, seed=3)
+    index = ix.build_index(items, np.arange(20_000), queries, "auto", k=10, target_recall=0.95)
+    candidates = {c["kind"]: c for c in index.info.candidates}
+    assert sorted(candidates) == sorted(ix.CANDIDATES)
+    assert all(c["latency_ms"] > 0 and c["build_s"] > 0 for c in candidates.values())
+    assert candidates["flat"]["recall_at_k"] == 1.0
+    chosen = candidates[index.info.kind]
+    assert index.info.kind == ix.choose(index.info.candidates, 0.95)
+    assert min(chosen["recall_at_k"], chosen["recall_at_k_item_queries"]) >= 0.95
+    assert (index.info.recall_at_k, index.info.params) == (chosen["recall_at_k"], chosen["params"])
+    truth = ix.exact_truth(items, np.arange(20_000), queries, 10)  # the kept index is the one measured
+    assert ix.recall_against(index, truth, items, pd.Index(np.arange(20_000)), 10) >= 0.95
+    ix.save_index(index, tmp_path)
+    assert load_index(tmp_path).info == index.info
+    assert ix.satisfies(json.loads((tmp_path / ix.INFO_FILE).read_text()), "auto", 10)
+    assert not ix.satisfies(json.loads((tmp_path / ix.INFO_FILE).read_text()), index.info.kind, 10)
 
 
 def test_ivf_lists_grow_with_the_catalog():
@@ -42,7 +74,7 @@ def test_flat_is_exact_and_keeps_raw_int64_ids(tmp_path):
     np.testing.assert_array_equal(loaded.search(queries, 10)[1], found)
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq"])
 def test_ann_is_tuned_to_the_target_recall(kind, tmp_path):
     items = clustered(20_000)
     queries = clustered(200, seed=2)
@@ -61,7 +93,7 @@ def test_ann_is_tuned_to_the_target_recall(kind, tmp_path):
 
 
 def test_unknown_kind():
-    with pytest.raises(ValueError, match="flat, ivf or hnsw"):
+    with pytest.raises(ValueError, match="flat, ivf, hnsw, ivfpq"):
         ix.build_index(clustered(10), np.arange(10), clustered(2), "annoy")
 
 
@@ -75,3 +107,20 @@ def test_recall_counts_ties_as_hits():
     truth = ix.exact_truth(items, ids, query, 10)
     assert ix.recall_against(index, truth, items, pd.Index(ids), 10) == 1.0
     assert index.info.recall_at_k == 1.0 and index.info.recall_at_k_item_queries == 1.0
+
+
+def test_ivf_lists_are_memory_mapped_from_their_own_file(tmp_path):
+    """What lets a model's instances share one copy of the lists: they are not read into each
+    process but mapped from items.ivfdata, read-only, and a moved folder still finds them."""
+    items = clustered(5_000)
+    index = ix.build_index(items, np.arange(5_000), clustered(100, seed=4), "ivf", k=10)
+    ix.save_index(index, tmp_path / "a")
+    assert (tmp_path / "a" / ix.IVF_DATA_FILE).stat().st_size >= items.nbytes
+    assert (tmp_path / "a" / ix.INDEX_FILE).stat().st_size < items.nbytes / 4
+    moved = tmp_path / "moved"
+    (tmp_path / "a").rename(moved)
+    (moved / ix.IVF_DATA_FILE).chmod(0o444)
+    loaded = load_index(moved)
+    maps = Path("/proc/self/maps").read_text()
+    assert str(moved / ix.IVF_DATA_FILE) in maps
+    np.testing.assert_array_equal(loaded.search(items[:50], 10)[1], index.search(items[:50], 10)[1])
