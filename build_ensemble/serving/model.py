@@ -206,13 +206,13 @@ class TritonPythonModel:
         return None if tensor is None else tensor.as_numpy()
 
     def _run(self, ids: np.ndarray, ks: np.ndarray) -> dict:
-        from merlin.table import TensorTable
+        from build_ensemble.serving.runtime import Columns
 
         columns = {C.USER_ID: ids}
         if (ks != self.default_k).any():
             columns[C.INPUT_K] = ks
         seconds: dict = {}
-        table = self.runtime.transform(self.ensemble, TensorTable(columns), seconds)
+        table = self.runtime.transform(self.ensemble, Columns(columns), seconds)
         self.metrics.stages(seconds)
         return {name: table[name].values for name in self.outputs}
 

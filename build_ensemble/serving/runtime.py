@@ -8,9 +8,49 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
+
 from build_ensemble import constants as C
 from build_ensemble.errors import ArtifactNotFoundError
 from build_ensemble.serving.ops import QueryIndex
+
+
+class Column:
+    """One column of :class:`Columns`: ``values``, and ``offsets`` for a list column."""
+
+    __slots__ = ("values", "offsets")
+
+    def __init__(self, values: np.ndarray, offsets: np.ndarray | None = None):
+        self.values, self.offsets = values, offsets
+
+
+class Columns:
+    """The table the runtime passes from operator to operator: named NumPy arrays.
+
+    It offers the operators what merlin's ``TensorTable`` does (``table[name].values``,
+    ``.offsets``, ``table.columns``, ``type(table)(columns)``, a list column given as
+    ``name__values`` and ``name__offsets``) without its per-column dtype dispatch, which cost
+    about 0.3 ms of a 1 ms single-user request (profiled in process). The operators work on
+    either.
+    """
+
+    def __init__(self, columns: dict):
+        self._columns = {}
+        for name, values in columns.items():
+            if name.endswith("__offsets"):
+                continue
+            if name.endswith("__values"):
+                column = name[: -len("__values")]
+                self._columns[column] = Column(values, columns[f"{column}__offsets"])
+            else:
+                self._columns[name] = Column(values)
+
+    @property
+    def columns(self) -> list:
+        return list(self._columns)
+
+    def __getitem__(self, name: str) -> Column:
+        return self._columns[name]
 
 
 def graph_nodes(ensemble) -> list:

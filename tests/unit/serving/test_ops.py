@@ -13,6 +13,7 @@ from build_ensemble.index import build_index, save_index
 from build_ensemble.serving import ops
 from build_ensemble.serving.encoding import CATEGORIES_DIR, NULL_CODE, OOV_CODE, unique_file
 from build_ensemble.serving.index import POPULAR_FILE
+from build_ensemble.serving.runtime import Columns
 from build_ensemble.serving.tower import NumpyTower
 
 RNG = np.random.default_rng(0)
@@ -34,8 +35,8 @@ def _artifacts(tmp_path):
     return path
 
 
-def _table(**columns):
-    return TensorTable({name: np.asarray(values) for name, values in columns.items()})
+def _table(kind=TensorTable, **columns):
+    return kind({name: np.asarray(values) for name, values in columns.items()})
 
 
 def test_user_features_flag_unknown_users_and_missing_features(store, tmp_path):
@@ -97,7 +98,8 @@ def _categories(folder, column, values, codes):
     pd.DataFrame({column: values}, index=codes).to_parquet(folder / CATEGORIES_DIR / unique_file(column))
 
 
-def test_encode_user_features_applies_the_fitted_operators_and_passes_the_flags(tmp_path):
+@pytest.mark.parametrize("kind", [TensorTable, Columns])  # merlin's table, and the runtime's lighter one
+def test_encode_user_features_applies_the_fitted_operators_and_passes_the_flags(kind, tmp_path):
     workflow = tmp_path / "workflow"
     _categories(workflow, C.USER_ID, [7, 9, 11], [3, 4, 5])
     _categories(workflow, "city", ["a", "b"], [3, 4])
@@ -118,9 +120,10 @@ def test_encode_user_features_applies_the_fitted_operators_and_passes_the_flags(
     op.load_artifacts(str(artifacts))
     tags = np.empty(3, dtype=object)
     tags[:] = [["y", "q"], None, []]
-    out = op.transform(None, _table(user_id=np.array([9, 8, 11]), city=np.array(["b", None, "z"], dtype=object),
+    out = op.transform(None, _table(kind, user_id=np.array([9, 8, 11]), city=np.array(["b", None, "z"], dtype=object),
                                     tags=tags, age=np.array([25.0, None, 10.0], dtype=object),
                                     found=np.array([True, False, True]), partial=np.array([False, False, True])))
+    assert type(out) is kind and sorted(out.columns) == sorted([C.USER_ID, "city", "tags", "age", ops.FOUND, ops.PARTIAL])
     assert out[C.USER_ID].values.tolist() == [4, OOV_CODE, 5]
     assert out["city"].values.tolist() == [4, NULL_CODE, OOV_CODE]
     assert out["tags"].values.tolist() == [4, OOV_CODE] and out["tags"].offsets.tolist() == [0, 2, 2, 2]
