@@ -57,9 +57,10 @@ class ModelMetrics:
             self._series[key] = family.Metric(labels={**self._labels, **labels}, **options)
         return self._series[key]
 
-    def request(self, outcome: str, reason: str = "") -> None:
-        """Count one request: ``ok``, ``rejected`` (with the check's ``reason``) or ``failed``."""
-        self._metric(self._requests, outcome=outcome, reason=reason).increment(1)
+    def request(self, outcome: str, reason: str = "", count: int = 1) -> None:
+        """Count ``count`` requests: ``ok``, ``rejected`` (with the check's ``reason``) or ``failed``."""
+        if count:
+            self._metric(self._requests, outcome=outcome, reason=reason).increment(count)
 
     def users(self, ranked: int, fallback: int, partial: int) -> None:
         """Count the users of a batch by how they were answered."""
