@@ -24,7 +24,7 @@ from build_ensemble import constants as C
 from build_ensemble.artifacts import StageResult, item_popularity, raw_ids, read_embeddings
 from build_ensemble.config import BuildConfig
 from build_ensemble.prepared import PreparedData
-from build_ensemble.serving.index import INDEX_FILE, INFO_FILE, ITEM_IDS_FILE, IVF_DATA_FILE, POPULAR_FILE, IndexInfo, ItemIndex, gpu_count, set_search_params
+from build_ensemble.serving.index import INDEX_FILE, INFO_FILE, ITEM_IDS_FILE, IVF_DATA_FILE, POPULAR_FILE, ROW_IDS_FILE, VECTORS_FILE, IndexInfo, ItemIndex, gpu_count, set_search_params
 
 logger = logging.getLogger(__name__)
 
@@ -111,13 +111,12 @@ def _make_index(kind: str, embeddings: np.ndarray, ids: np.ndarray, seed: int):
         width = embeddings.shape[1] + (-embeddings.shape[1]) % PQ_DIMS_PER_CODE  # zero-padded, L2 unchanged
         embeddings = np.ascontiguousarray(np.pad(embeddings, ((0, 0), (0, width - embeddings.shape[1]))))
         nlist, codes = ivf_lists(n), width // PQ_DIMS_PER_CODE
-        ivf = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(width), width, nlist, codes, 4, faiss.METRIC_L2)
-        ivf.cp.seed = seed
+        index = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(width), width, nlist, codes, 4, faiss.METRIC_L2)
+        index.cp.seed = seed
         sample = np.random.default_rng(seed).permutation(n)[: max(nlist * IVF_TRAIN_POINTS_PER_LIST, 16 * 256)]
-        ivf.train(embeddings[np.sort(sample)])
-        refine = faiss.IndexRefineFlat(ivf)
-        index = faiss.IndexIDMap2(refine)
-        params = {"nlist": nlist, "nprobe": 1, "pq_codes": codes, "k_factor": REFINE_FACTOR, "max_norm": max_norm}
+        index.train(embeddings[np.sort(sample)])
+        index.add(embeddings)  # by row: ItemIndex re-ranks rows with the exact vectors
+        return index, {"nlist": nlist, "nprobe": 1, "pq_codes": codes, "k_factor": REFINE_FACTOR, "max_norm": max_norm}
     else:
         raise ValueError(f"index kind must be one of {', '.join(KINDS)}, got {kind!r}")
     index.add_with_ids(embeddings, ids)
@@ -205,7 +204,8 @@ def build_index(
 
     def tuned(kind: str) -> ItemIndex:
         raw, params = _make_index(kind, embeddings, ids, seed)
-        index = ItemIndex(raw, IndexInfo(kind, len(ids), embeddings.shape[1], params, 1.0, k, len(queries), gpu_count() > 0), item_ids)
+        info = IndexInfo(kind, len(ids), embeddings.shape[1], params, 1.0, k, len(queries), gpu_count() > 0)
+        index = ItemIndex(raw, info, item_ids, *((embeddings, ids) if kind == "ivfpq" else ()))
         def measure() -> list:
             return [recall_against(index, truth, embeddings, rows, k) for truth in truths]
 
@@ -270,8 +270,9 @@ def search_latency_ms(index: ItemIndex, queries: np.ndarray, k: int) -> float:
 
 
 def save_index(index: ItemIndex, folder: str | Path) -> Path:
-    """Write ``items.faiss`` (an IVF index's lists in ``items.ivfdata``), ``index.json`` and, for
-    string ids, ``item_ids.parquet`` into ``folder``."""
+    """Write ``items.faiss`` (an IVF index's lists in ``items.ivfdata``; an IVF-PQ index's exact
+    vectors in ``vectors.npy`` and ``row_ids.npy``), ``index.json`` and, for string ids,
+    ``item_ids.parquet`` into ``folder``."""
     import faiss
 
     folder = Path(folder)
@@ -287,6 +288,9 @@ def save_index(index: ItemIndex, folder: str | Path) -> Path:
         ivf.replace_invlists(lists, True)
         lists.this.disown()  # owned by the index now
     faiss.write_index(raw, str(folder / INDEX_FILE))
+    if index.vectors is not None:
+        np.save(folder / VECTORS_FILE, np.ascontiguousarray(index.vectors, dtype=np.float32))
+        np.save(folder / ROW_IDS_FILE, index.row_ids)
     (folder / INFO_FILE).write_text(json.dumps(asdict(index.info), indent=2))
     if index.item_ids is not None:
         pd.DataFrame({C.ITEM_ID: index.item_ids}).to_parquet(folder / ITEM_IDS_FILE, index=False)

@@ -11,6 +11,8 @@ import numpy as np
 
 INDEX_FILE = "items.faiss"
 IVF_DATA_FILE = "items.ivfdata"  # an IVF index's lists, memory-mapped read-only: shared by the server's processes
+VECTORS_FILE = "vectors.npy"  # ivfpq: the exact item vectors its shortlist is re-ranked with (memory-mapped)
+ROW_IDS_FILE = "row_ids.npy"  # ivfpq: the index id of each vector row (its codes are stored by row)
 INFO_FILE = "index.json"
 ITEM_IDS_FILE = "item_ids.parquet"  # string item ids by position (FAISS stores int64 ids)
 POPULAR_FILE = "popular.parquet"  # the fallback: most popular items in training
@@ -21,8 +23,8 @@ class IndexInfo:
     """What was built and how well it does.
 
     Attributes:
-        kind: ``flat``, ``ivf``, ``hnsw`` or ``ivfpq`` (IVF with 4-bit fast-scan PQ codes and an
-            exact re-rank of the best ``k_factor * k``).
+        kind: ``flat``, ``ivf``, ``hnsw`` or ``ivfpq`` (IVF with 4-bit fast-scan PQ codes, the
+            best ``k_factor * k`` re-ranked by exact inner products).
         items: number of indexed items.
         dim: embedding size.
         params: structural and search parameters (``nlist``, ``nprobe``, ``M``, ``efSearch``,
@@ -71,16 +73,24 @@ class ItemIndex:
     FAISS stores int64 ids: a catalog with integer ids stores them as they are; one with string
     ids stores their positions, and :meth:`to_raw` maps positions back to the strings.
 
+    ``ivfpq`` keeps only 4-bit codes in the faiss index, stored by row, and re-ranks its
+    shortlist with the exact vectors (``vectors``, memory-mapped when loaded, so the
+    instances of a model share them); ``row_ids`` gives each row's index id.
+
     Args:
         index: the faiss index.
         info: how it was built, with its search parameters.
         item_ids: ``[num_items]`` string item ids by position, or None for integer ids.
+        vectors: ``ivfpq``: ``[num_items, dim]`` float32 item vectors by row.
+        row_ids: ``ivfpq``: ``[num_items]`` int64 index id of each row.
     """
 
-    def __init__(self, index, info: IndexInfo, item_ids: np.ndarray | None = None):
+    def __init__(self, index, info: IndexInfo, item_ids: np.ndarray | None = None,
+                 vectors: np.ndarray | None = None, row_ids: np.ndarray | None = None):
         self.index = index
         self.info = info
         self.item_ids = item_ids
+        self.vectors, self.row_ids = vectors, row_ids
         self._positions = None if item_ids is None else {item: n for n, item in enumerate(item_ids.tolist())}
 
     def to_raw(self, ids: np.ndarray) -> np.ndarray:
@@ -108,19 +118,31 @@ class ItemIndex:
         if max_norm is None:
             return self.index.search(queries, k)
         augmented = np.hstack([queries, np.zeros((len(queries), self.index.d - queries.shape[1]), dtype=np.float32)])
+        if self.vectors is not None:
+            return self._rerank(queries, self.index.search(augmented, k * int(self.info.params["k_factor"]))[1], k)
         distances, ids = self.index.search(augmented, k)
         scores = ((queries * queries).sum(axis=1, keepdims=True) + max_norm**2 - distances) / 2
         return scores.astype(np.float32), ids
 
+    def _rerank(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` of each query's shortlist ``rows`` (-1: empty) by exact inner product."""
+        exact = np.empty(rows.shape, dtype=np.float32)
+        for start in range(0, len(rows), 128):  # bounded memory: [128, shortlist, dim] at a time
+            block = slice(start, start + 128)
+            exact[block] = np.einsum("qd,qkd->qk", queries[block], self.vectors[np.maximum(rows[block], 0)])
+        exact[rows < 0] = -np.inf
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        scores, rows = np.take_along_axis(exact, order, axis=1), np.take_along_axis(rows, order, axis=1)
+        ids = np.where(rows >= 0, self.row_ids[np.maximum(rows, 0)], -1)
+        return np.where(rows >= 0, scores, 0).astype(np.float32), ids
+
 
 def set_search_params(index, params: dict) -> None:
-    """Apply ``nprobe`` / ``efSearch`` / ``k_factor`` to an index built by :func:`build_index`."""
+    """Apply ``nprobe`` / ``efSearch`` to an index built by :func:`build_index` (``k_factor`` is
+    read by :meth:`ItemIndex.search`)."""
     import faiss
 
-    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
-    if "k_factor" in params:  # IndexRefineFlat: the re-rank, then its approximate base
-        inner.k_factor = float(params["k_factor"])
-        inner = faiss.downcast_index(inner.base_index)
+    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else faiss.downcast_index(index)
     if "nprobe" in params:
         inner.nprobe = int(params["nprobe"])
     if "efSearch" in params:
@@ -130,8 +152,9 @@ def set_search_params(index, params: dict) -> None:
 def load_index(folder: str | Path, use_gpu: bool | None = None) -> ItemIndex:
     """Read an index saved by :func:`save_index`, on the GPU when faiss sees one (flat, IVF).
 
-    An IVF index's lists stay in their file, memory-mapped read-only: the instances of a
-    model (one process each) share one copy in the page cache instead of holding one each.
+    An IVF index's lists and an IVF-PQ index's exact vectors stay in their files,
+    memory-mapped read-only: the instances of a model (one process each) share one copy in
+    the page cache instead of holding one each.
     """
     import faiss
 
@@ -147,9 +170,12 @@ def load_index(folder: str | Path, use_gpu: bool | None = None) -> ItemIndex:
     use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
     if use_gpu and info.kind in ("flat", "ivf"):  # faiss has no GPU HNSW nor fast-scan PQ
         raw = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, raw)
+    vectors = row_ids = None
+    if info.kind == "ivfpq":
+        vectors, row_ids = np.load(folder / VECTORS_FILE, mmap_mode="r"), np.load(folder / ROW_IDS_FILE)
     item_ids = None
     if (folder / ITEM_IDS_FILE).exists():
         import pandas as pd
 
         item_ids = pd.read_parquet(folder / ITEM_IDS_FILE).iloc[:, 0].to_numpy(dtype=object)
-    return ItemIndex(raw, info, item_ids)
+    return ItemIndex(raw, info, item_ids, vectors, row_ids)

@@ -109,18 +109,19 @@ def test_recall_counts_ties_as_hits():
     assert index.info.recall_at_k == 1.0 and index.info.recall_at_k_item_queries == 1.0
 
 
-def test_ivf_lists_are_memory_mapped_from_their_own_file(tmp_path):
-    """What lets a model's instances share one copy of the lists: they are not read into each
-    process but mapped from items.ivfdata, read-only, and a moved folder still finds them."""
+@pytest.mark.parametrize("kind, mapped", [("ivf", ix.IVF_DATA_FILE), ("ivfpq", ix.VECTORS_FILE)])
+def test_the_bulk_of_an_ann_index_is_memory_mapped_from_its_own_file(kind, mapped, tmp_path):
+    """What lets a model's instances share one copy: IVF's lists and IVF-PQ's exact vectors are
+    not read into each process but mapped from their file, read-only, found in a moved folder."""
     items = clustered(5_000)
-    index = ix.build_index(items, np.arange(5_000), clustered(100, seed=4), "ivf", k=10)
+    index = ix.build_index(items, np.arange(5_000) * 3, clustered(100, seed=4), kind, k=10)
     ix.save_index(index, tmp_path / "a")
-    assert (tmp_path / "a" / ix.IVF_DATA_FILE).stat().st_size >= items.nbytes
+    assert (tmp_path / "a" / mapped).stat().st_size >= items.nbytes
     assert (tmp_path / "a" / ix.INDEX_FILE).stat().st_size < items.nbytes / 4
     moved = tmp_path / "moved"
     (tmp_path / "a").rename(moved)
-    (moved / ix.IVF_DATA_FILE).chmod(0o444)
+    (moved / mapped).chmod(0o444)
     loaded = load_index(moved)
-    maps = Path("/proc/self/maps").read_text()
-    assert str(moved / ix.IVF_DATA_FILE) in maps
+    assert str(moved / mapped) in Path("/proc/self/maps").read_text()
     np.testing.assert_array_equal(loaded.search(items[:50], 10)[1], index.search(items[:50], 10)[1])
+    assert set(loaded.search(items[:50], 10)[1].reshape(-1)) <= set(np.arange(5_000) * 3)  # raw ids, not rows
