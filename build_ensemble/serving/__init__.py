@@ -4,9 +4,10 @@ Nothing here imports a build-time module (data sources, workflow fitting, traini
 evaluation, export, publishing); ``constants`` and ``errors`` are the only package modules it
 uses. ``import-linter`` enforces this (``pyproject.toml``, run by ``make test``).
 
-Modules, in the order a request meets them: ``model`` (``TritonPythonModel``), ``runtime``
-(runs the graph), ``ops`` (its operators), ``online_store`` (Feast reads), ``encoding``
-(the fitted workflow's user-side operators), ``tower`` (the NumPy query tower), ``index`` (FAISS search).
+Modules, in the order a request meets them: ``model`` (``TritonPythonModel``; ``imports``
+keeps TensorFlow out of its process when the NumPy tower serves), ``runtime`` (runs the
+graph), ``ops`` (its operators), ``online_store`` (Feast reads), ``encoding`` (the fitted
+workflow's user-side operators), ``tower`` (the NumPy query tower), ``index`` (FAISS search).
 """
 
 
