@@ -35,6 +35,19 @@ def test_build_outputs_and_metrics(synthetic_build):
     assert "user_age" in users.columns and users[C.USER_ID].is_unique
 
 
+def test_the_index_was_chosen_by_measurement_and_recorded(synthetic_build):
+    """The default --index auto: every candidate measured, the choice obeying the rule, in the
+    build manifest and in the exported version's manifest."""
+    from build_ensemble import index as ix
+
+    built = json.loads((synthetic_build.out / C.MANIFEST_FILE).read_text())["index"]
+    served = json.loads((synthetic_build.repository / C.MODEL_NAME / "1" / C.MANIFEST_FILE).read_text())["index"]
+    assert [c["kind"] for c in built["candidates"]] == list(ix.CANDIDATES)
+    assert built["kind"] == ix.choose(built["candidates"]) and served == built
+    chosen = next(c for c in built["candidates"] if c["kind"] == built["kind"])
+    assert min(chosen["recall_at_k"], chosen["recall_at_k_item_queries"]) >= ix.TARGET_RECALL
+
+
 def test_exported_graph_runs_in_process_and_matches_the_embeddings(synthetic_build):
     """The graph loaded from the model repository, without Triton, gives the offline top-k."""
     from merlin.table import TensorTable
