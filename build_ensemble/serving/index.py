@@ -154,7 +154,8 @@ def load_index(folder: str | Path, use_gpu: bool | None = None) -> ItemIndex:
 
     An IVF index's lists and an IVF-PQ index's exact vectors stay in their files,
     memory-mapped read-only: the instances of a model (one process each) share one copy in
-    the page cache instead of holding one each.
+    the page cache instead of holding one each. Every page is touched once here, so the
+    process's RSS counts them from the start (its PSS counts each shared page once).
     """
     import faiss
 
@@ -162,8 +163,13 @@ def load_index(folder: str | Path, use_gpu: bool | None = None) -> ItemIndex:
     info = IndexInfo(**json.loads((folder / INFO_FILE).read_text()))
     if (folder / IVF_DATA_FILE).exists():  # lists beside the index file, wherever the repository was moved
         raw = faiss.read_index(str(folder / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+        ivf = faiss.downcast_index(raw.index)
         # faiss's prefetch threads start per search: 3.4 ms instead of 0.13 ms per query (measured)
-        faiss.downcast_InvertedLists(faiss.downcast_index(raw.index).invlists).prefetch_nthread = 0
+        faiss.downcast_InvertedLists(ivf.invlists).prefetch_nthread = 0
+        # Map every page now (one search probing all lists): served, the first touches cost
+        # page faults, 0.78 ms a query instead of 0.26 ms at 1M items (measured)
+        ivf.nprobe = ivf.nlist
+        raw.search(np.zeros((1, raw.d), dtype=np.float32), 1)
     else:
         raw = faiss.read_index(str(folder / INDEX_FILE))
     set_search_params(raw, info.params)
@@ -173,6 +179,7 @@ def load_index(folder: str | Path, use_gpu: bool | None = None) -> ItemIndex:
     vectors = row_ids = None
     if info.kind == "ivfpq":
         vectors, row_ids = np.load(folder / VECTORS_FILE, mmap_mode="r"), np.load(folder / ROW_IDS_FILE)
+        vectors.sum(dtype=np.float64)  # map every page now, as for IVF's lists
     item_ids = None
     if (folder / ITEM_IDS_FILE).exists():
         import pandas as pd
