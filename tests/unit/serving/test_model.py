@@ -7,7 +7,7 @@ import pytest
 from build_ensemble import constants as C
 from build_ensemble.errors import RecsysError
 from build_ensemble.serving.metrics import REQUESTS, STAGE_SECONDS, USERS, ModelMetrics
-from build_ensemble.serving.model import RequestError, TritonPythonModel, check_k, check_user_ids
+from build_ensemble.serving.model import STAGE_SAMPLE, RequestError, TritonPythonModel, check_k, check_user_ids
 
 
 def test_good_ids_are_flattened():
@@ -199,6 +199,10 @@ def test_requests_users_and_stages_are_counted_in_the_models_own_metrics(pb_util
     stages = pb_utils.MetricFamily.families[STAGE_SECONDS].series
     assert {m.labels["stage"]: m.observed for m in stages} == {"features": [0.0004], "index": [0.0002]}
     assert all(m.labels["model"] == C.MODEL_NAME and m.labels["version"] == "1" for m in stages)
+    for _ in range(STAGE_SAMPLE):  # stage times: one batch in STAGE_SAMPLE, the first included
+        model.execute([_request(pb_utils, [1])])
+    assert {m.labels["stage"]: len(m.observed) for m in stages} == {"features": 2, "index": 2}
+    assert _counts(pb_utils, REQUESTS)[("ok", "")] == 2 + STAGE_SAMPLE  # counters count every request
     failing = _model(pb_utils, GraphStandIn(fail=KeyError("x")))
     failing.execute([_request(pb_utils, [1])])
     assert _counts(pb_utils, REQUESTS)[("failed", "KeyError")] == 1
