@@ -134,13 +134,18 @@ class Profile:
         self.client_cpu = sum(os.times()[:2])
         return self
 
-    def result(self, requests: int) -> dict:
+    def result(self, requests: int, mean_batch: float) -> dict:
+        """Per request; stage times from the sampled batches' mean (the model records one batch in
+        8) divided by the level's mean batch size."""
         n = max(1, requests)
         out = {"server_cpu_ms": round((loadtest.process_tree_cpu_s(self.server.pid) - self.server_cpu) / n * 1e3, 3),
                "client_cpu_ms": round((sum(os.times()[:2]) - self.client_cpu) / n * 1e3, 3)}
         if self.staged:
             after = stage_totals(self.metrics_url)
-            out["stage_ms"] = {s: round((v[0] - self.stages.get(s, [0, 0])[0]) / n * 1e3, 4) for s, v in after.items()}
+            per_batch = {s: (v[0] - self.stages.get(s, [0, 0])[0]) / max(1, v[1] - self.stages.get(s, [0, 0])[1])
+                         for s, v in after.items()}
+            out["stage_ms_per_batch"] = {s: round(v * 1e3, 4) for s, v in per_batch.items()}
+            out["stage_ms"] = {s: round(v * 1e3 / max(mean_batch, 1.0), 4) for s, v in per_batch.items()}
         return out
 
     def __exit__(self, *exc):
@@ -164,7 +169,7 @@ def measure(system: str, repository: Path, folder: Path, levels: list, repeats: 
                 with Profile(server, staged=system == "ours") as profile:
                     runs.append(loadtest.run_level(spec.grpc_url, "grpc", ids, concurrency=concurrency, duration=duration,
                                                    users_per_request=users, server_pid=server.pid, model=model))
-                profiles.append(profile.result(runs[-1].requests))
+                profiles.append(profile.result(runs[-1].requests, runs[-1].models.get(model, {}).get("mean_batch", 1.0)))
             rps = [r.rps for r in runs]
             middle = sorted(range(repeats), key=lambda i: rps[i])[repeats // 2]
             rows.append({
