@@ -28,10 +28,11 @@ from build_ensemble.serving.index import INDEX_FILE, INFO_FILE, ITEM_IDS_FILE, I
 
 logger = logging.getLogger(__name__)
 
-CANDIDATES = ("flat", "ivf", "hnsw", "ivfpq")  # what auto measures
-KINDS = CANDIDATES
+KINDS = ("flat", "ivf", "hnsw", "ivfpq")
+CANDIDATES = KINDS  # what auto measures (ivfpq from PQ_MIN_ITEMS items)
+PQ_MIN_ITEMS = 1000  # 4-bit codes are trained on the items: fewer leave too few points per code
 TARGET_RECALL = 0.95
-EXACT_MARGIN_MS = 0.1  # what an approximate index must save per query to replace exact search (a tenth of a request)
+EXACT_MARGIN_MS = 0.1  # what an approximate index must save per query to replace exact search (~5% of a request)
 INDEX_QUERIES = 1000  # user vectors the search parameter is tuned on
 LATENCY_QUERIES = 200  # single-query searches timed per candidate
 HNSW_M = 32
@@ -63,9 +64,10 @@ def run(config: BuildConfig, build_dir: Path, out_dir: Path | None = None) -> St
 
 
 def satisfies(info: dict, kind: str, top_k: int) -> bool:
-    """Whether an index (its ``index.json``) was built as requested (a kind, or ``auto``: chosen by
-    measurement) and tuned for ``top_k``."""
-    chosen = bool(info.get("candidates")) if kind == "auto" else info["kind"] == kind and not info.get("candidates")
+    """Whether an index (its ``index.json``) was built as requested and tuned for ``top_k``: of the
+    requested kind, or for ``auto`` chosen by measurement (an index of an older build, chosen
+    by catalog size, is measured again)."""
+    chosen = bool(info.get("candidates")) if kind == "auto" else info["kind"] == kind
     return chosen and info["k"] == min(top_k, info["items"])
 
 
@@ -231,7 +233,7 @@ def build_index(
     if kind != "auto":
         return tuned(kind)
     kept, candidates = {}, []
-    for candidate in CANDIDATES:
+    for candidate in [c for c in CANDIDATES if c != "ivfpq" or len(ids) >= PQ_MIN_ITEMS]:
         started = time.perf_counter()
         index = tuned(candidate)
         candidates.append({"kind": candidate, "params": dict(index.info.params), "recall_at_k": index.info.recall_at_k,
@@ -285,6 +287,8 @@ def save_index(index: ItemIndex, folder: str | Path) -> Path:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in (IVF_DATA_FILE, VECTORS_FILE, ROW_IDS_FILE, ITEM_IDS_FILE):  # of an index saved here before
+        (folder / stale).unlink(missing_ok=True)
     raw = index.index
     if index.info.kind == "ivf":  # its lists in their own file, which load_index memory-maps
         raw = faiss.clone_index(raw)

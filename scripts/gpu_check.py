@@ -10,8 +10,11 @@ machine with Python 3.12 and the two wheels.
     python scripts/gpu_check.py --items 1000000 --embeddings item_embeddings.npy
     python scripts/gpu_check.py --items 20000 --cpu-only # a dry run without a GPU
 
-Items are drawn around 4,096 centres (a clustered catalog, like trained embeddings); queries
-likewise, plus as many item vectors. Prints a table and writes ``--out`` (JSON).
+Items are drawn around 4,096 centres (a clustered catalog, like trained embeddings); the
+user-like queries around other centres of the same spread (with ``--embeddings`` they are
+still synthetic, so pass a build's item vectors and read the item-query column), plus as many
+item vectors. It measures faiss itself, not the serving graph's GPU load path
+(``build_ensemble.serving.index.load_index``). Prints a table and writes ``--out`` (JSON).
 """
 
 from __future__ import annotations

@@ -127,8 +127,8 @@ class ItemIndex:
     def _rerank(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The best ``k`` of each query's shortlist ``rows`` (-1: empty) by exact inner product."""
         exact = np.empty(rows.shape, dtype=np.float32)
-        for start in range(0, len(rows), 128):  # bounded memory: [128, shortlist, dim] at a time
-            block = slice(start, start + 128)
+        for start in range(0, len(rows), 16):  # bounded memory: [16, shortlist, dim] at a time
+            block = slice(start, start + 16)
             exact[block] = np.einsum("qd,qkd->qk", queries[block], self.vectors[np.maximum(rows[block], 0)])
         exact[rows < 0] = -np.inf
         order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
@@ -161,7 +161,7 @@ def load_index(folder: str | Path, use_gpu: bool | None = None) -> ItemIndex:
 
     folder = Path(folder)
     info = IndexInfo(**json.loads((folder / INFO_FILE).read_text()))
-    if (folder / IVF_DATA_FILE).exists():  # lists beside the index file, wherever the repository was moved
+    if info.kind == "ivf" and (folder / IVF_DATA_FILE).exists():  # lists beside the index file, wherever it was moved
         raw = faiss.read_index(str(folder / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
         ivf = faiss.downcast_index(raw.index)
         # faiss's prefetch threads start per search: 3.4 ms instead of 0.13 ms per query (measured)

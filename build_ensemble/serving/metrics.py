@@ -10,8 +10,9 @@ Triton's ``nv_inference_request_success`` counts a request the model answers wit
   popular items) and, among the ranked, ``partial`` (some features missing);
 - ``retrieval_stage_seconds{stage}``: time per stage of a batch (``features``, ``encode``,
   ``tower``, ``index``, ``item_features``), for the first batch and one in 8 after it (a
-  sample: every metric call is a round trip from the backend process to the server, which
-  took about a third of the model's time at concurrency 1 when all batches were recorded),
+  sample: every metric call is a round trip from the backend process to the server; with
+  every batch recorded, the calls were about a fifth of the backend's busy time at
+  concurrency 1),
   a histogram (``_bucket``, ``_sum``, ``_count``); on a
   Triton without histogram metrics only ``_sum`` and ``_count`` (counters), which give the same
   mean: ``rate(retrieval_stage_seconds_sum[5m]) / rate(retrieval_stage_seconds_count[5m])``.

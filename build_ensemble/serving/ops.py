@@ -323,7 +323,9 @@ class QueryIndex(BaseOperator):
     request's optional input), in which case the largest is searched; see :attr:`max_k`.
 
     Args:
-        index_dir: folder written by the build (``items.faiss``, ``index.json``, ``popular.parquet``).
+        index_dir: folder written by the build (``items.faiss``, ``index.json``, ``popular.parquet``;
+            ``items.ivfdata`` for IVF, ``vectors.npy`` and ``row_ids.npy`` for IVF-PQ,
+            ``item_ids.parquet`` for string ids).
         top_k: default number of items per user.
         string_ids: the catalog's item ids are strings.
     """

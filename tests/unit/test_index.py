@@ -48,7 +48,7 @@ def test_auto_measures_every_candidate_and_serves_one_that_obeys_the_floor(tmp_p
     ix.save_index(index, tmp_path)
     assert load_index(tmp_path).info == index.info
     assert ix.satisfies(json.loads((tmp_path / ix.INFO_FILE).read_text()), "auto", 10)
-    assert not ix.satisfies(json.loads((tmp_path / ix.INFO_FILE).read_text()), index.info.kind, 10)
+    assert ix.satisfies(json.loads((tmp_path / ix.INFO_FILE).read_text()), index.info.kind, 10)
 
 
 def test_ivf_lists_grow_with_the_catalog():
@@ -125,3 +125,27 @@ def test_the_bulk_of_an_ann_index_is_memory_mapped_from_its_own_file(kind, mappe
     assert str(moved / mapped) in Path("/proc/self/maps").read_text()
     np.testing.assert_array_equal(loaded.search(items[:50], 10)[1], index.search(items[:50], 10)[1])
     assert set(loaded.search(items[:50], 10)[1].reshape(-1)) <= set(np.arange(5_000) * 3)  # raw ids, not rows
+
+
+def test_auto_on_a_tiny_catalog_skips_what_cannot_be_trained():
+    """Ten items: no IVF-PQ (its codes need more training points), exact search served."""
+    index = ix.build_index(clustered(10), np.arange(10), clustered(3, seed=5), "auto", k=5)
+    assert [c["kind"] for c in index.info.candidates] == ["flat", "ivf", "hnsw"]
+    assert index.info.kind == "flat"
+
+
+def test_an_index_saved_over_another_leaves_none_of_its_files(tmp_path):
+    items = clustered(2_000)
+    ix.save_index(ix.build_index(items, np.arange(2_000), items[:50], "ivfpq", k=10), tmp_path)
+    ix.save_index(ix.build_index(items, np.arange(2_000), items[:50], "ivf", k=10), tmp_path)
+    assert not (tmp_path / ix.VECTORS_FILE).exists()
+    ix.save_index(ix.build_index(items, np.arange(2_000), items[:50], "flat", k=10), tmp_path)
+    assert not (tmp_path / ix.IVF_DATA_FILE).exists()
+    assert load_index(tmp_path).info.kind == "flat"
+
+
+def test_an_explicit_kind_is_satisfied_by_the_same_kind_chosen_by_measurement():
+    info = {"kind": "ivf", "items": 100, "k": 10, "candidates": [{"kind": "flat"}, {"kind": "ivf"}]}
+    assert ix.satisfies(info, "ivf", 10) and ix.satisfies(info, "auto", 10)
+    assert not ix.satisfies(info, "hnsw", 10) and not ix.satisfies(info, "ivf", 20)
+    assert not ix.satisfies({**info, "candidates": []}, "auto", 10)  # an older build's size rule: measured again
