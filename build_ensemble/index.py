@@ -208,6 +208,7 @@ def build_index(
         raw, params = _make_index(kind, embeddings, ids, seed)
         info = IndexInfo(kind, len(ids), embeddings.shape[1], params, 1.0, k, len(queries), gpu_count() > 0)
         index = ItemIndex(raw, info, item_ids, *((embeddings, ids) if kind == "ivfpq" else ()))
+
         def measure() -> list:
             return [recall_against(index, truth, embeddings, rows, k) for truth in truths]
 
@@ -232,7 +233,8 @@ def build_index(
 
     if kind != "auto":
         return tuned(kind)
-    kept, candidates = {}, []
+    exact = best = None  # flat, and the approximate index chosen so far (any other is freed)
+    candidates = []
     for candidate in [c for c in CANDIDATES if c != "ivfpq" or len(ids) >= PQ_MIN_ITEMS]:
         started = time.perf_counter()
         index = tuned(candidate)
@@ -240,9 +242,11 @@ def build_index(
                            "recall_at_k_item_queries": index.info.recall_at_k_item_queries,
                            "build_s": round(time.perf_counter() - started, 2),
                            "latency_ms": search_latency_ms(index, queries, k)})
-        if choose(candidates, target_recall) == candidate or candidate == "flat":
-            kept = {kind: kept[kind] for kind in kept if kind == "flat"} | {candidate: index}  # the rest is freed
-    chosen = kept[choose(candidates, target_recall)]
+        if candidate == "flat":
+            exact = index
+        elif choose(candidates, target_recall) == candidate:
+            best = index
+    chosen = exact if choose(candidates, target_recall) == "flat" else best
     chosen.info.candidates = candidates
     logger.info("index by measurement: %s of %s", chosen.info.kind, candidates)
     return chosen

@@ -131,7 +131,10 @@ class ItemIndex:
             block = slice(start, start + 16)
             exact[block] = np.einsum("qd,qkd->qk", queries[block], self.vectors[np.maximum(rows[block], 0)])
         exact[rows < 0] = -np.inf
-        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        if rows.shape[1] > k:  # the best k of the shortlist, unordered, then only they are sorted
+            best = np.argpartition(-exact, k - 1, axis=1)[:, :k]
+            exact, rows = np.take_along_axis(exact, best, axis=1), np.take_along_axis(rows, best, axis=1)
+        order = np.argsort(-exact, axis=1, kind="stable")
         scores, rows = np.take_along_axis(exact, order, axis=1), np.take_along_axis(rows, order, axis=1)
         ids = np.where(rows >= 0, self.row_ids[np.maximum(rows, 0)], -1)
         return np.where(rows >= 0, scores, 0).astype(np.float32), ids
