@@ -29,8 +29,13 @@ from build_ensemble.serving.index import INDEX_FILE, INFO_FILE, ITEM_IDS_FILE, I
 logger = logging.getLogger(__name__)
 
 KINDS = ("flat", "ivf", "hnsw", "ivfpq")
-CANDIDATES = KINDS  # what auto measures (ivfpq from PQ_MIN_ITEMS items)
-PQ_MIN_ITEMS = 1000  # 4-bit codes are trained on the items: fewer leave too few points per code
+# What auto measures, with the catalog sizes each is tried at (both ends included; None: no limit).
+# IVF-PQ needs 1,000 items: its 4-bit codes are trained on them, fewer leave too few points per
+# code. Above 2M items HNSW's build (193 s at 1M on 2 cores, growing faster than n) and IVF-PQ's
+# re-rank tuning (every list probed) cost more than the build's other stages together; there
+# auto measures flat and IVF (see docs/scaling.md).
+CANDIDATES = {"flat": (1, None), "ivf": (1, None), "hnsw": (1, 2_000_000), "ivfpq": (1000, 2_000_000)}
+MAX_IVF_LISTS = 4096  # k-means and list assignment cost n * nlist on the build machine; nprobe is tuned to match
 TARGET_RECALL = 0.95
 EXACT_MARGIN_MS = 0.1  # what an approximate index must save per query to replace exact search (~5% of a request)
 INDEX_QUERIES = 1000  # user vectors the search parameter is tuned on
@@ -72,10 +77,11 @@ def satisfies(info: dict, kind: str, top_k: int) -> bool:
 
 
 def ivf_lists(num_items: int) -> int:
-    """Number of IVF lists: about 4 * sqrt(n), a power of two, at least 1 list per 39 items."""
+    """Number of IVF lists: about 4 * sqrt(n), a power of two, at least 1 list per 39 items, at
+    most :data:`MAX_IVF_LISTS`."""
     target = 4 * math.sqrt(num_items)
     nlist = 2 ** max(0, round(math.log2(target)))
-    return int(max(1, min(nlist, num_items // 39)))
+    return int(max(1, min(nlist, num_items // 39, MAX_IVF_LISTS)))
 
 
 def _augment(embeddings: np.ndarray) -> tuple[np.ndarray, float]:
@@ -235,7 +241,7 @@ def build_index(
         return tuned(kind)
     exact = best = None  # flat, and the approximate index chosen so far (any other is freed)
     candidates = []
-    for candidate in [c for c in CANDIDATES if c != "ivfpq" or len(ids) >= PQ_MIN_ITEMS]:
+    for candidate in candidate_kinds(len(ids)):
         started = time.perf_counter()
         index = tuned(candidate)
         candidates.append({"kind": candidate, "params": dict(index.info.params), "recall_at_k": index.info.recall_at_k,
@@ -250,6 +256,11 @@ def build_index(
     chosen.info.candidates = candidates
     logger.info("index by measurement: %s of %s", chosen.info.kind, candidates)
     return chosen
+
+
+def candidate_kinds(num_items: int) -> list:
+    """The kinds auto measures for a catalog of ``num_items`` (:data:`CANDIDATES`)."""
+    return [kind for kind, (low, high) in CANDIDATES.items() if low <= num_items and (high is None or num_items <= high)]
 
 
 def choose(candidates: list, target_recall: float = TARGET_RECALL) -> str:

@@ -22,6 +22,7 @@ queue delay.
 
     .venv/bin/python scripts/bench_serving.py                         # 10k, 100k, 1M items
     .venv/bin/python scripts/bench_serving.py --catalogs 10000 --repeats 1 --duration 3
+    .venv/bin/python scripts/bench_serving.py --work /tmp/bench  # keeps the builds, a rerun reuses them
     .venv/bin/python scripts/bench_serving.py --table                 # README table of benchmarks/serving.json
 
 Prints a table and writes benchmarks/serving.json.
@@ -201,14 +202,36 @@ def log(message: str) -> None:
     print(f"    {message}", file=sys.stderr, flush=True)
 
 
-def catalog_rows(catalog: int, args, tmp: Path, largest: bool) -> list:
-    folder = tmp / f"items{catalog}"
-    folder.mkdir()
-    log(f"==> {catalog:,} items: build")
-    started = time.perf_counter()
-    build(catalog, args.rows, folder)
-    build_s = round(time.perf_counter() - started, 1)
-    index = json.loads((folder / "artifacts" / C.MANIFEST_FILE).read_text())["index"]
+BUILT = ("artifacts", "feature_repo", "model_repository", "build.log", "build.json")
+
+
+def built(catalog: int, rows: int, folder: Path) -> dict:
+    """Build the catalog in ``folder``, or reuse the build a run with ``--work`` left there with
+    the same rows (whatever commit made it: the record says which); everything else in the
+    folder (repositories, server state) is made afresh. Returns ``build.json``: rows, seconds, commit."""
+    record = folder / "build.json"
+    if record.exists() and json.loads(record.read_text())["rows"] == rows:
+        log(f"==> {catalog:,} items: the build in {folder} reused ({json.loads(record.read_text())})")
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        log(f"==> {catalog:,} items: build")
+        started = time.perf_counter()
+        build(catalog, rows, folder)
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        record.write_text(json.dumps({"rows": rows, "build_s": round(time.perf_counter() - started, 1),
+                                      "commit": commit.stdout.strip() or None}))
+    for path in folder.iterdir():
+        if path.name not in BUILT:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return json.loads(record.read_text())
+
+
+def catalog_rows(catalog: int, args, work: Path, largest: bool) -> list:
+    folder = work / f"items{catalog}"
+    build_record = built(catalog, args.rows, folder)
+    built_manifest = json.loads((folder / "artifacts" / C.MANIFEST_FILE).read_text())
+    index = built_manifest["index"]
     systems = {"floor": floor_repository(folder / "model_repository", folder / "floor_repository"),
                "ours": folder / "model_repository"}
     recalls = {"floor": (None, None), "ours": (index["recall_at_k"], index["recall_at_k_item_queries"])}
@@ -222,7 +245,8 @@ def catalog_rows(catalog: int, args, tmp: Path, largest: bool) -> list:
             rows.append({"catalog": catalog, **row, "recall_at_10": recalls[system][0],
                          "recall_at_10_item_queries": recalls[system][1],
                          "index": {"ours": f"{index['kind']} {index['params']}", "stock": "IVF32,Flat nprobe 8"}.get(system)})
-    rows[0]["build_s"] = build_s
+    rows[0].update(build_s=build_record["build_s"], build_commit=build_record["commit"],
+                   build_stages_s=built_manifest.get("timings_seconds"))
     rows[0]["index_candidates"] = index.get("candidates", [])
     if largest:
         rows += variants(catalog, folder, args)
@@ -268,6 +292,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured level")
     parser.add_argument("--stock-max", type=int, default=1_000_000, help="largest catalog the stock graph is built for")
+    parser.add_argument("--work", help="keep the builds in this folder, and reuse those a run left there (default: a temporary folder)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "serving.json"))
     parser.add_argument("--table", action="store_true", help="print the README table of --out and exit")
     args = parser.parse_args()
@@ -279,7 +304,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         for catalog in args.catalogs:
-            rows += catalog_rows(catalog, args, Path(tmp), largest=catalog == max(args.catalogs))
+            rows += catalog_rows(catalog, args, Path(args.work or tmp), largest=catalog == max(args.catalogs))
     report = {
         "rows": rows,
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "

@@ -51,10 +51,18 @@ def test_auto_measures_every_candidate_and_serves_one_that_obeys_the_floor(tmp_p
     assert ix.satisfies(json.loads((tmp_path / ix.INFO_FILE).read_text()), index.info.kind, 10)
 
 
-def test_ivf_lists_grow_with_the_catalog():
+def test_ivf_lists_grow_with_the_catalog_up_to_the_cap():
     assert ix.ivf_lists(100_000) == 1024
     assert ix.ivf_lists(1_000_000) == 4096
+    assert ix.ivf_lists(10_000_000) == ix.MAX_IVF_LISTS == 4096
     assert ix.ivf_lists(1_000) <= 1_000 // 39
+
+
+def test_auto_measures_the_costly_kinds_only_where_their_build_fits():
+    assert ix.candidate_kinds(10) == ["flat", "ivf", "hnsw"]  # too few items to train 4-bit codes
+    assert ix.candidate_kinds(1_000_000) == list(ix.KINDS)
+    assert ix.candidate_kinds(2_000_000) == list(ix.KINDS)
+    assert ix.candidate_kinds(10_000_000) == ["flat", "ivf"]
 
 
 def test_flat_is_exact_and_keeps_raw_int64_ids(tmp_path):
