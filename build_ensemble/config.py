@@ -27,7 +27,7 @@ OPTIMIZERS = ("adam", "adagrad", "sgd")
 MODELS = ("two-tower", "mf")
 LOSSES = ("softmax", "ccl")
 # What `build-ensemble export` may change without retraining (the rest of a build's options is fixed).
-EXPORT_OPTIONS = ("tower_backend", "with_item_features", "index", "top_k", "model_version")
+EXPORT_OPTIONS = ("tower_backend", "with_item_features", "index", "top_k", "instances", "model_version")
 
 
 def _opt(default: Any, help: str, **kwargs: Any) -> Any:
@@ -131,6 +131,10 @@ class BuildConfig:
         choices=TOWER_BACKENDS,
     )
     with_item_features: bool = _opt(False, "also return the item features of each candidate (from Feast)")
+    instances: int = _opt(
+        2, "Python-backend instances of the retrieval model: processes that run batches side by side and share "
+        "the index's memory-mapped pages (README: Batching and instances)"
+    )
     model_version: int = _opt(
         1, "Triton model version to write; the repository's other versions are kept (0: one above the highest)"
     )
@@ -151,7 +155,7 @@ class BuildConfig:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise ConfigError(f"{f.name}: got {value!r}, expected one of {', '.join(choices)}")
-        positive = ("rows", "epochs", "batch_size", "top_k", "eval_users", "patience")
+        positive = ("rows", "epochs", "batch_size", "top_k", "eval_users", "patience", "instances")
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: got {getattr(self, name)!r}, expected a positive integer")

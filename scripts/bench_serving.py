@@ -17,8 +17,8 @@ repeated, medians reported with the spread; floor and ours also by perf_analyzer
 levels. Every level records the profile: the model's own per-stage timers
 (``retrieval_stage_seconds``), Triton's queue/compute split, and the CPU time of the server
 (process tree) and of the client (this process) per request. At the largest catalog it also
-measures ours with 2 backend instances against 1 (RSS and PSS) and the dynamic batcher's
-queue delay.
+measures ours with 1 backend instance against the default 2 (RSS and PSS) and the dynamic
+batcher's queue delay.
 
     .venv/bin/python scripts/bench_serving.py                         # 10k, 100k, 1M items
     .venv/bin/python scripts/bench_serving.py --catalogs 10000 --repeats 1 --duration 3
@@ -84,11 +84,13 @@ def floor_repository(ours: Path, out: Path) -> Path:
     return out
 
 
-def variant(ours: Path, out: Path, instances: int = 1, queue_delay_us: int | None = None) -> Path:
+def variant(ours: Path, out: Path, instances: int | None = None, queue_delay_us: int | None = None) -> Path:
     """A copy of our repository with another instance count or dynamic-batcher queue delay."""
     shutil.copytree(ours, out)
     path = out / C.MODEL_NAME / "config.pbtxt"
-    config = re.sub(r"count: \d+", f"count: {instances}", path.read_text())
+    config = path.read_text()
+    if instances is not None:
+        config = re.sub(r"count: \d+", f"count: {instances}", config)
     if queue_delay_us is not None:
         config = re.sub(r"dynamic_batching \{[^}]*\}", f"dynamic_batching {{\n  max_queue_delay_microseconds: {queue_delay_us}\n}}", config)
     path.write_text(config)
@@ -254,9 +256,10 @@ def catalog_rows(catalog: int, args, work: Path, largest: bool) -> list:
 
 
 def variants(catalog: int, folder: Path, args) -> list:
-    """Ours with 2 backend instances, and with each dynamic-batcher queue delay (one repeat each)."""
+    """Ours with 1 backend instance (the default is 2), and with each dynamic-batcher queue delay
+    (one repeat each)."""
     rows = []
-    settings = [{"instances": 2}] + [{"queue_delay_us": d} for d in QUEUE_DELAYS_US]
+    settings = [{"instances": 1}] + [{"queue_delay_us": d} for d in QUEUE_DELAYS_US]
     for setting in settings:
         repository = variant(folder / "model_repository", folder / f"variant-{len(rows)}", **setting)
         levels = [max(args.concurrency)] if "instances" in setting else args.concurrency

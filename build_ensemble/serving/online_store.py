@@ -54,7 +54,10 @@ class OnlineReader:
     Goes through the online store's ``online_read`` (the interface every Feast online store
     implements) with the feature view resolved once, rather than ``get_online_features``,
     whose per-call request handling and registry lookups cost over ten times more for one
-    entity; tests hold the two equal.
+    entity. The SQLite store is read directly from Feast's own table (same keys and value
+    protos, through Feast's own encoders), on a read-only connection without the timestamp
+    parsing and per-entity regrouping of Feast's ``online_read``: about half the time of a read
+    (see :meth:`_sqlite_rows`). Tests hold every path equal to ``get_online_features``.
 
     Args:
         store: the feature store.
@@ -73,6 +76,7 @@ class OnlineReader:
         self.entity = entity
         self.features = list(features)
         self.string_keys = store.get_entity(entity).value_type == ValueType.STRING
+        self._sqlite = None  # the read-only connection of a SQLite store, opened on first read
 
     def check(self) -> None:
         """Fail fast when the online store cannot answer (missing or corrupt SQLite file,
@@ -83,8 +87,7 @@ class OnlineReader:
         """
         online = self.config.online_store
         if online.type == "sqlite":
-            path = Path(online.path)
-            path = path if path.is_absolute() else Path(self.config.repo_path) / path
+            path = self._sqlite_path()
             if not path.exists():
                 raise ArtifactNotFoundError(
                     f"online store {path} is missing: run `build-ensemble build`, or `feast materialize` in {self.config.repo_path}"
@@ -113,20 +116,52 @@ class OnlineReader:
 
         values = [Value(string_val=str(i)) for i in ids] if self.string_keys else [Value(int64_val=int(i)) for i in ids]
         keys = [EntityKey(join_keys=[self.entity], entity_values=[value]) for value in values]
-        # A copy: Feast's Redis store appends its timestamp key to the list it is given, which
-        # grew our list by one per call (latency rose with every request).
-        rows = self.provider.online_read(
-            config=self.config, table=self.table, entity_keys=keys, requested_features=list(self.features)
-        )
-        columns = {name: np.full(len(keys), None, dtype=object) for name in self.features}
+        if self.config.online_store.type == "sqlite":
+            rows = self._sqlite_rows(keys)
+        else:
+            # A copy: Feast's Redis store appends its timestamp key to the list it is given, which
+            # grew our list by one per call (latency rose with every request).
+            read = self.provider.online_read(
+                config=self.config, table=self.table, entity_keys=keys, requested_features=list(self.features)
+            )
+            rows = ((number, name, value) for number, (_, row) in enumerate(read) for name, value in (row or {}).items())
+        position = {name: n for n, name in enumerate(self.features)}
+        table = np.full((len(self.features), len(keys)), None, dtype=object)
         found = np.zeros(len(keys), dtype=bool)
-        for number, (_, values) in enumerate(rows):
-            for name, value in (values or {}).items():
-                if name in columns:
-                    decoded = feast_value_type_to_python_type(value)
-                    columns[name][number] = decoded
-                    found[number] |= decoded is not None
-        return columns, found
+        for number, name, value in rows:
+            if name in position:
+                decoded = feast_value_type_to_python_type(value)
+                table[position[name], number] = decoded
+                found[number] |= decoded is not None
+        return dict(zip(self.features, table)), found
+
+    def _sqlite_path(self) -> Path:
+        path = Path(self.config.online_store.path)
+        return path if path.is_absolute() else Path(self.config.repo_path) / path
+
+    def _sqlite_rows(self, keys: list):
+        """``(position, feature, Value)`` of every stored feature of ``keys``, from the table Feast's
+        SQLite store writes (``<project>_<view>``: entity_key, feature_name, value, ...)."""
+        import sqlite3
+
+        from feast.infra.key_encoding_utils import serialize_entity_key
+        from feast.infra.online_stores.sqlite import _table_id
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        if self._sqlite is None:
+            self._sqlite = sqlite3.connect(f"{self._sqlite_path().resolve().as_uri()}?mode=ro", uri=True,
+                                           check_same_thread=False)
+        version = self.config.entity_key_serialization_version
+        positions: dict = {}
+        for number, key in enumerate(keys):
+            positions.setdefault(serialize_entity_key(key, entity_key_serialization_version=version), []).append(number)
+        cursor = self._sqlite.execute(
+            f"SELECT entity_key, feature_name, value FROM {_table_id(self.config.project, self.table)} "
+            f"WHERE entity_key IN ({','.join('?' * len(positions))})", list(positions))
+        for key, name, blob in cursor.fetchall():
+            value = Value.FromString(blob)
+            for number in positions[key]:
+                yield number, name, value
 
 
 def read_online(store, view: str, entity: str, ids: np.ndarray, features: list[str]) -> tuple[dict, np.ndarray]:

@@ -72,7 +72,7 @@ def test_export_changes_only_repository_options(tmp_path):
 
     (tmp_path / "manifest.json").write_text(json.dumps({"options": {}}))
     with pytest.raises(ConfigError, match="export can change tower_backend, with_item_features, index, top_k, "
-                                          "model_version only, got epochs"):
+                                          "instances, model_version only, got epochs"):
         export_build(tmp_path, tmp_path / "repo", overrides={"epochs": 3})
 
 

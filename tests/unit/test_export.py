@@ -28,7 +28,7 @@ def test_executor_config_batches_and_keeps_ids_int64(tmp_path):
     from google.protobuf import text_format
     import tritonclient.grpc.model_config_pb2 as mc
 
-    config = executor_config(make_ensemble(SPEC, tmp_path, "../fr"), "retrieval", 256, 1)
+    config = executor_config(make_ensemble(SPEC, tmp_path, "../fr"), "retrieval", 256, 3)
     text = text_format.MessageToString(config)
     parsed = text_format.Parse(text, mc.ModelConfig())
     assert parsed.backend == "python" and parsed.max_batch_size == 256
@@ -45,7 +45,7 @@ def test_executor_config_batches_and_keeps_ids_int64(tmp_path):
         "fallback": (mc.TYPE_BOOL, [1]),
         "partial_features": (mc.TYPE_BOOL, [1]),
     }
-    assert parsed.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    assert (parsed.instance_group[0].kind, parsed.instance_group[0].count) == (mc.ModelInstanceGroup.KIND_CPU, 3)
 
 
 def test_item_features_become_outputs(tmp_path):

@@ -26,3 +26,15 @@ def test_read_and_copy_the_workflows_files(tmp_path):
     pd.DataFrame({"city": ["a", "b"]}, index=[3, 4]).to_parquet(workflow / CATEGORIES_DIR / unique_file("city"))
     copied = copy_categories(workflow, ["city"], tmp_path / "artifacts")
     assert CategoryEncoder.read(copied, "city").encode(np.array(["b"], dtype=object)).tolist() == [4]
+
+
+def test_every_kind_of_missing_value_is_null_and_a_non_number_is_missing():
+    """None, NaN (Python or NumPy float32), pandas' NA: the null code of a category, and the
+    fill value of a continuous column, as is a value that is not a number."""
+    from build_ensemble.serving.encoding import ColumnEncoder
+
+    encoder = CategoryEncoder("year", np.array([1999, 2001]), np.array([3, 4]))
+    values = np.array([None, np.float32("nan"), pd.NA, float("nan"), np.int64(2001), 1999.0, 1999.5], dtype=object)
+    assert encoder.encode(values).tolist() == [NULL_CODE] * 4 + [4, 3, OOV_CODE]
+    fill = ColumnEncoder("age", "continuous", [{"op": "fill", "value": 7.0}])
+    assert fill.encode(np.array([None, 2, "x", pd.NA, "3.5"], dtype=object))["age"].tolist() == [7.0, 2.0, 7.0, 7.0, 3.5]
