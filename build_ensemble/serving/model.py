@@ -194,7 +194,7 @@ class TritonPythonModel:
                 for name, values in outputs.items()
             ]
             responses[number] = pb.InferenceResponse(output_tensors=tensors)
-        self.metrics.request("ok", count=len(owners))  # one call per batch: each costs a round trip to the server (~23 us)
+        self.metrics.request("ok", count=len(owners))
         fallback = outputs[C.OUTPUT_FALLBACK].reshape(-1).astype(bool)
         partial = outputs[C.OUTPUT_PARTIAL].reshape(-1).astype(bool) if C.OUTPUT_PARTIAL in outputs else fallback & False
         self.metrics.users(int((~fallback).sum()), int(fallback.sum()), int(partial.sum()))
@@ -233,4 +233,5 @@ class TritonPythonModel:
         return self.pb.Tensor(name, np.ascontiguousarray(array))
 
     def finalize(self) -> None:
+        self.metrics.close()
         self.ensemble = None

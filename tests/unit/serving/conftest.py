@@ -3,6 +3,7 @@ models, with the parts this package uses (tensors, responses, errors, BLS reques
 
 import json
 import sys
+import threading
 import types
 
 import numpy as np
@@ -83,12 +84,15 @@ class MetricFamily:
 class _Metric:
     def __init__(self, labels, buckets):
         self.labels, self.buckets, self.value, self.observed = dict(labels), buckets, 0.0, []
+        self.threads = set()  # names of the threads that updated it
 
     def increment(self, value):
         self.value += value
+        self.threads.add(threading.current_thread().name)
 
     def observe(self, value):
         self.observed.append(value)
+        self.threads.add(threading.current_thread().name)
 
 
 def get_input_tensor_by_name(request, name):

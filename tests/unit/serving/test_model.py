@@ -194,6 +194,7 @@ def test_string_ids_are_decoded_and_empty_or_broken_ones_refused():
 def test_requests_users_and_stages_are_counted_in_the_models_own_metrics(pb_utils):
     model = _model(pb_utils, GraphStandIn())
     model.execute([_request(pb_utils, [1, 0]), _request(pb_utils, [-4]), _request(pb_utils, [2], k=99), _request(pb_utils, [3])])
+    model.metrics.flush()
     assert _counts(pb_utils, REQUESTS) == {("ok", ""): 2, ("rejected", "negative_id"): 1, ("rejected", "k_range"): 1}
     assert _counts(pb_utils, USERS) == {("ranked",): 2, ("fallback",): 1}  # user 0 is the stand-in's unknown user
     stages = pb_utils.MetricFamily.families[STAGE_SECONDS].series
@@ -201,11 +202,32 @@ def test_requests_users_and_stages_are_counted_in_the_models_own_metrics(pb_util
     assert all(m.labels["model"] == C.MODEL_NAME and m.labels["version"] == "1" for m in stages)
     for _ in range(STAGE_SAMPLE):  # stage times: one batch in STAGE_SAMPLE, the first included
         model.execute([_request(pb_utils, [1])])
+    model.metrics.flush()
     assert {m.labels["stage"]: len(m.observed) for m in stages} == {"features": 2, "index": 2}
     assert _counts(pb_utils, REQUESTS)[("ok", "")] == 2 + STAGE_SAMPLE  # counters count every request
     failing = _model(pb_utils, GraphStandIn(fail=KeyError("x")))
     failing.execute([_request(pb_utils, [1])])
+    failing.finalize()  # sends what is left
     assert _counts(pb_utils, REQUESTS)[("failed", "KeyError")] == 1
+
+
+def test_counts_reach_the_server_from_the_sending_thread_within_the_flush_interval(pb_utils):
+    """``execute`` makes no metric call itself; the thread sends its counts, summed, shortly after."""
+    import time
+
+    from build_ensemble.serving.metrics import FLUSH_S
+
+    model = _model(pb_utils, GraphStandIn())
+    for _ in range(3):
+        model.execute([_request(pb_utils, [1]), _request(pb_utils, [2])])
+    deadline = time.monotonic() + 20 * FLUSH_S
+    while _counts(pb_utils, REQUESTS) != {("ok", ""): 6} and time.monotonic() < deadline:
+        time.sleep(FLUSH_S / 4)
+    assert _counts(pb_utils, REQUESTS) == {("ok", ""): 6}
+    series = pb_utils.MetricFamily.families[REQUESTS].series
+    assert len(series) == 1 and series[0].threads == {"retrieval-metrics"}  # never from execute's thread
+    model.finalize()
+    assert not model.metrics._thread.is_alive()
 
 
 def test_without_histograms_the_stage_times_are_a_sum_and_a_count(pb_utils):
@@ -214,6 +236,7 @@ def test_without_histograms_the_stage_times_are_a_sum_and_a_count(pb_utils):
         metrics = ModelMetrics(pb_utils, C.MODEL_NAME, "1")
         metrics.stages({"tower": 0.5})
         metrics.stages({"tower": 0.25})
+        metrics.close()
         assert _counts(pb_utils, f"{STAGE_SECONDS}_sum") == {("tower",): 0.75}
         assert _counts(pb_utils, f"{STAGE_SECONDS}_count") == {("tower",): 2}
     finally:
