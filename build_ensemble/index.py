@@ -1,7 +1,8 @@
 """FAISS index over the item embeddings (inner product, the model's score), keyed by raw item id.
 
-Every approximate kind has its search-time parameter (``nprobe`` / ``efSearch``) raised until
-recall@k against exact search reaches the target, on real user vectors and on item vectors.
+Every approximate kind has its search-time parameter (``nprobe`` / ``efSearch``) doubled until
+recall@k against exact search reaches the target, on real user vectors and on item vectors,
+then narrowed down by bisection to within 1/8 of the smallest value that does.
 ``auto`` builds every kind of :data:`CANDIDATES` that way, times a single-query search of
 each, and keeps the fastest that reaches the target; exact search stays unless an
 approximate index saves at least :data:`EXACT_MARGIN_MS` per query. Each candidate's
@@ -44,6 +45,7 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 IVF_TRAIN_POINTS_PER_LIST = 64
 PQ_DIMS_PER_CODE = 2  # IVF-PQ fast scan: one 4-bit code per 2 coordinates
+KNOB_PRECISION = 8  # the search parameter is tuned to within 1/8 of the smallest that reaches the target
 REFINE_FACTOR = 16  # IVF-PQ: exact re-rank of the best k * k_factor codes, k_factor from 16 ...
 MAX_REFINE_FACTOR = 256  # ... doubled up to this while the codes miss the target recall
 
@@ -233,6 +235,18 @@ def build_index(
             params[knob] = min(limit, params[knob] * 2)
             set_search_params(raw, params)
             recalls = measure()
+        if knob and min(recalls) >= target_recall and params[knob] > 2:  # then halve the gap to the last miss
+            low, high, passing = params[knob] // 2, params[knob], recalls
+            while high - low > max(1, high // KNOB_PRECISION):
+                params[knob] = (low + high) // 2
+                set_search_params(raw, params)
+                recalls = measure()
+                if min(recalls) >= target_recall:
+                    high, passing = params[knob], recalls
+                else:
+                    low = params[knob]
+            params[knob], recalls = high, passing
+            set_search_params(raw, params)
         index.info.recall_at_k, index.info.recall_at_k_item_queries = round(recalls[0], 4), round(recalls[1], 4)
         logger.info("index %s over %d items: recall@%d %s with %s", kind, len(ids), k, recalls, params)
         return index

@@ -204,16 +204,29 @@ def log(message: str) -> None:
     print(f"    {message}", file=sys.stderr, flush=True)
 
 
-BUILT = ("artifacts", "feature_repo", "model_repository", "build.log", "build.json")
+BUILT = ("artifacts", "feature_repo", "model_repository", "build.log", "build.json", "export.log")
+
+
+def export(folder: Path) -> None:
+    """Export ``folder``'s build afresh into ``folder/model_repository`` (this commit's graph and config)."""
+    cli = Path(sys.executable).parent / "build-ensemble"
+    shutil.rmtree(folder / "model_repository", ignore_errors=True)
+    cmd = [str(cli), "export", "--out", str(folder / "artifacts"), "--repository", str(folder / "model_repository"),
+           "--feature-repo", str(folder / "feature_repo")]
+    with open(folder / "export.log", "w") as log_file:
+        if subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT).returncode != 0:
+            raise SystemExit(f"export of {folder} failed: see {folder / 'export.log'}")
 
 
 def built(catalog: int, rows: int, folder: Path) -> dict:
     """Build the catalog in ``folder``, or reuse the build a run with ``--work`` left there with
-    the same rows (whatever commit made it: the record says which); everything else in the
-    folder (repositories, server state) is made afresh. Returns ``build.json``: rows, seconds, commit."""
+    the same rows (whatever commit made it: the record says which) and export it again, so that
+    its repository is this commit's; everything else in the folder (repositories, server state)
+    is made afresh. Returns ``build.json``: rows, seconds, commit."""
     record = folder / "build.json"
     if record.exists() and json.loads(record.read_text())["rows"] == rows:
-        log(f"==> {catalog:,} items: the build in {folder} reused ({json.loads(record.read_text())})")
+        log(f"==> {catalog:,} items: the build in {folder} reused ({json.loads(record.read_text())}), exported again")
+        export(folder)
     else:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)

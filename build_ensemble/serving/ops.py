@@ -138,9 +138,7 @@ class QueryUserFeatures(_FeastOperator):
         ids = _values(transformable, C.USER_ID).reshape(-1)
         ids = ids.astype(object) if self.string_ids else ids.astype(np.int64)
         columns, found = self._read(ids)
-        missing = np.zeros(len(ids), dtype=bool)
-        for values in columns.values():
-            missing |= np.array([v is None for v in values], dtype=bool)
+        missing = np.equal(np.stack(list(columns.values())), None).any(axis=0) if columns else np.zeros(len(ids), bool)
         return _table(transformable, {**carry(transformable), C.USER_ID: ids, **columns, FOUND: found,
                                       PARTIAL: found & missing})
 

@@ -157,3 +157,17 @@ def test_an_explicit_kind_is_satisfied_by_the_same_kind_chosen_by_measurement():
     assert ix.satisfies(info, "ivf", 10) and ix.satisfies(info, "auto", 10)
     assert not ix.satisfies(info, "hnsw", 10) and not ix.satisfies(info, "ivf", 20)
     assert not ix.satisfies({**info, "candidates": []}, "auto", 10)  # an older build's size rule: measured again
+
+
+def test_the_search_parameter_is_the_smallest_that_reaches_the_target_within_an_eighth():
+    """Doubled until the target is reached, then bisected: a value 1/8 lower misses it."""
+    items, queries = clustered(20_000), clustered(300, seed=3)
+    index = ix.build_index(items, np.arange(20_000), queries, "ivf", k=10, target_recall=0.95)
+    nprobe = index.info.params["nprobe"]
+    assert min(index.info.recall_at_k, index.info.recall_at_k_item_queries) >= 0.95
+    assert nprobe & (nprobe - 1), f"nprobe {nprobe} is still a power of two: not narrowed"  # this data needs it
+    item_queries = items[np.random.default_rng(0).permutation(20_000)[:300]]  # as build_index draws them
+    ix.set_search_params(index.index, {"nprobe": nprobe - max(1, nprobe // ix.KNOB_PRECISION)})
+    lower = [ix.recall_against(index, ix.exact_truth(items, np.arange(20_000), q, 10), items, pd.Index(np.arange(20_000)), 10)
+             for q in (queries, item_queries)]
+    assert min(lower) < 0.95, lower
