@@ -16,11 +16,11 @@ request at each ``--concurrency``, then 32 users per request at the highest), ea
 repeated, medians reported with the spread; floor and ours also by perf_analyzer at the same
 levels. Every level records the profile: the model's own per-stage timers
 (``retrieval_stage_seconds``), Triton's queue/compute split, and the CPU time of the server
-(process tree) and of the client (this process) per request. At the largest catalog it also
-measures ours with 1 backend instance against the default 2 (RSS and PSS) and the dynamic
-batcher's queue delay.
+(process tree) and of the client (this process) per request. At ``--variants-at`` items (1M,
+the size the targets are set at) it also measures ours with 1 backend instance against the
+default 2 (RSS and PSS) and the dynamic batcher's queue delay.
 
-    .venv/bin/python scripts/bench_serving.py                         # 10k, 100k, 1M items
+    .venv/bin/python scripts/bench_serving.py                         # 10k, 100k, 1M, 10M items
     .venv/bin/python scripts/bench_serving.py --catalogs 10000 --repeats 1 --duration 3
     .venv/bin/python scripts/bench_serving.py --work /tmp/bench  # keeps the builds, a rerun reuses them
     .venv/bin/python scripts/bench_serving.py --table                 # README table of benchmarks/serving.json
@@ -242,7 +242,7 @@ def built(catalog: int, rows: int, folder: Path) -> dict:
     return json.loads(record.read_text())
 
 
-def catalog_rows(catalog: int, args, work: Path, largest: bool) -> list:
+def catalog_rows(catalog: int, args, work: Path, with_variants: bool) -> list:
     folder = work / f"items{catalog}"
     build_record = built(catalog, args.rows, folder)
     built_manifest = json.loads((folder / "artifacts" / C.MANIFEST_FILE).read_text())
@@ -263,7 +263,7 @@ def catalog_rows(catalog: int, args, work: Path, largest: bool) -> list:
     rows[0].update(build_s=build_record["build_s"], build_commit=build_record["commit"],
                    build_stages_s=built_manifest.get("timings_seconds"))
     rows[0]["index_candidates"] = index.get("candidates", [])
-    if largest:
+    if with_variants:
         rows += variants(catalog, folder, args)
     return rows
 
@@ -302,11 +302,13 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--catalogs", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--catalogs", nargs="+", type=int, default=[10_000, 100_000, 1_000_000, 10_000_000])
     parser.add_argument("--rows", type=int, default=200_000, help="synthetic interaction rows per build")
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured level")
+    parser.add_argument("--variants-at", type=int, default=1_000_000,
+                        help="catalog at which the instance count and the batcher's queue delay are varied")
     parser.add_argument("--stock-max", type=int, default=1_000_000, help="largest catalog the stock graph is built for")
     parser.add_argument("--work", help="keep the builds in this folder, and reuse those a run left there (default: a temporary folder)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "serving.json"))
@@ -320,14 +322,15 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         for catalog in args.catalogs:
-            rows += catalog_rows(catalog, args, Path(args.work or tmp), largest=catalog == max(args.catalogs))
+            rows += catalog_rows(catalog, args, Path(args.work or tmp), with_variants=catalog == args.variants_at)
     report = {
         "rows": rows,
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         "tritonserver 2.51 (nvidia-pytriton 0.7.0, CPU, Python backend); client on the same machine",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": {"rows": args.rows, "repeats": args.repeats, "duration_s": args.duration,
-                     "concurrency": args.concurrency, "batch_users": BATCH_USERS, "stock_max": args.stock_max},
+                     "concurrency": args.concurrency, "batch_users": BATCH_USERS, "stock_max": args.stock_max,
+                     "variants_at": args.variants_at},
         "minutes": round((time.perf_counter() - started) / 60, 1),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
