@@ -132,7 +132,7 @@ class BuildConfig:
     )
     with_item_features: bool = _opt(False, "also return the item features of each candidate (from Feast)")
     instances: int = _opt(
-        2, "Python-backend instances of the retrieval model: processes that run batches side by side and share "
+        1, "Python-backend instances of the retrieval model: processes that run batches side by side and share "
         "the index's memory-mapped pages (README: Batching and instances)"
     )
     model_version: int = _opt(

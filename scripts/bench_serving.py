@@ -17,8 +17,8 @@ repeated, medians reported with the spread; floor and ours also by perf_analyzer
 levels. Every level records the profile: the model's own per-stage timers
 (``retrieval_stage_seconds``), Triton's queue/compute split, and the CPU time of the server
 (process tree) and of the client (this process) per request. At ``--variants-at`` items (1M,
-the size the targets are set at) it also measures ours with 1 backend instance against the
-default 2 (RSS and PSS) and the dynamic batcher's queue delay.
+the size the targets are set at) it also measures ours with 2 backend instances against the
+default 1 (RSS and PSS) and the dynamic batcher's queue delay.
 
     .venv/bin/python scripts/bench_serving.py                         # 10k, 100k, 1M, 10M items
     .venv/bin/python scripts/bench_serving.py --catalogs 10000 --repeats 1 --duration 3
@@ -269,10 +269,10 @@ def catalog_rows(catalog: int, args, work: Path, with_variants: bool) -> list:
 
 
 def variants(catalog: int, folder: Path, args) -> list:
-    """Ours with 1 backend instance (the default is 2), and with each dynamic-batcher queue delay
+    """Ours with 2 backend instances (the default is 1), and with each dynamic-batcher queue delay
     (one repeat each)."""
     rows = []
-    settings = [{"instances": 1}] + [{"queue_delay_us": d} for d in QUEUE_DELAYS_US]
+    settings = [{"instances": 2}] + [{"queue_delay_us": d} for d in QUEUE_DELAYS_US]
     for setting in settings:
         repository = variant(folder / "model_repository", folder / f"variant-{len(rows)}", **setting)
         levels = [max(args.concurrency)] if "instances" in setting else args.concurrency

@@ -2,8 +2,9 @@
 
 Triton 2.51 keeps a model READY when its Python-backend process has died, and fails every request
 with "Stub process ... is not healthy" while ``/v2/health/live`` stays green. This check fails
-(exit code 1, one line) when the model is not ready or no live backend process of it runs under
-the server, so an orchestrator restarts the container; it sends no inference request::
+(exit code 1, one line) when the model is not ready or fewer live backend processes of it run
+under the server than its config has instances (Triton keeps sending a dead instance its share
+of the requests), so an orchestrator restarts the container; it sends no inference request::
 
     python -m build_ensemble.server.liveness [--url 127.0.0.1:8000] [--model retrieval] [--server-pid PID]
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from build_ensemble import constants as C
 from build_ensemble.server.launch import is_ready
-from build_ensemble.server.supervise import backend_stubs
+from build_ensemble.server.supervise import backend_stubs, instance_count
 
 
 def server_pids() -> list:
@@ -35,7 +36,7 @@ def server_pids() -> list:
 
 
 def check(url: str, model: str, server_pid: int | None = None) -> str | None:
-    """None when the model is ready and has a live backend process, else why not."""
+    """None when the model is ready and has a live backend process for each instance, else why not."""
     import urllib.error
     import urllib.request
 
@@ -50,8 +51,13 @@ def check(url: str, model: str, server_pid: int | None = None) -> str | None:
                 return f"model {model} is not ready"
     except (urllib.error.URLError, OSError):
         return f"model {model} is not ready"
-    if not any(backend_stubs(pid, model) for pid in pids):
-        return f"model {model} is ready but its backend process is gone (Triton does not restart it)"
+    try:
+        instances = instance_count(url, model)
+    except (urllib.error.URLError, OSError, ValueError):
+        return f"model {model}'s config cannot be read from {url}"
+    alive = max(len(backend_stubs(pid, model)) for pid in pids)
+    if alive < instances:
+        return f"model {model} is ready but only {alive} of its {instances} backend processes run (Triton does not restart them)"
     return None
 
 
@@ -66,7 +72,7 @@ def main(argv: list | None = None) -> int:
     if problem:
         print(f"not live: {problem}", file=sys.stderr)
         return 1
-    print(f"live: {args.model} ready with a running backend process")
+    print(f"live: {args.model} ready with a running backend process for each instance")
     return 0
 
 

@@ -147,7 +147,7 @@ def test_export_writes_another_served_repository_from_the_same_build(movielens_b
     cli = str(Path(sys.executable).parent / "build-ensemble")
     repository = tmp_path / "exported"
     args = ["export", "--out", str(movielens_build.out), "--repository", str(repository), "--index", "hnsw",
-            "--top-k", "20", "--with-item-features", "--instances", "1", "--model-version", "0"]
+            "--top-k", "20", "--with-item-features", "--instances", "2", "--model-version", "0"]
     done = subprocess.run([cli, *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"model repository:  {repository.resolve()}  (version 1)" in done.stdout and "index:             hnsw" in done.stdout
@@ -155,14 +155,14 @@ def test_export_writes_another_served_repository_from_the_same_build(movielens_b
     assert manifest["index"]["kind"] == "hnsw" and manifest["index"]["k"] == 20
     assert manifest["index"]["recall_at_k"] >= 0.95 and manifest["index"]["recall_at_k_item_queries"] >= 0.95
     assert manifest["options"]["top_k"] == 20 and manifest["exported_from"] == str(movielens_build.out.resolve())
-    assert "count: 1\n" in (repository / C.MODEL_NAME / "config.pbtxt").read_text()
+    assert "count: 2\n" in (repository / C.MODEL_NAME / "config.pbtxt").read_text()
     assert manifest["metrics"] == movielens_build.metrics  # the build's model, not a new one
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".*index"))
     offline = offline_top10(movielens_build.out, k=20)
     users = sorted(offline)[::40]
     with TritonServer(server_spec(repository, tmp_path / "state")) as server, RetrievalClient(server.spec.grpc_url) as c:
         answers = c.recommend(users)
-        assert len(backend_stubs(tmp_path / "state")) == 1  # --instances 1
+        assert len(backend_stubs(tmp_path / "state")) == 2  # --instances 2
     recall = np.mean([len(set(a.item_ids) & set(offline[u][0].tolist())) / 20 for u, a in zip(users, answers)])
     assert all(len(a.item_ids) == 20 and set(a.item_features) >= {"genres", "title"} for a in answers)
     assert recall >= 0.9, recall
@@ -345,14 +345,14 @@ def backend_stubs(state_dir) -> list:
 
 
 def test_the_numpy_tower_keeps_tensorflow_out_of_the_backend(served):
-    """The running stubs of the default (NumPy tower) repository, one per instance, have not loaded
-    TensorFlow: their log lines say so, and no TensorFlow library is mapped into the processes."""
+    """The running stub of the default (NumPy tower) repository has not loaded TensorFlow: its log
+    line says so, and no TensorFlow library is mapped into the process."""
     from build_ensemble.config import BuildConfig
 
     log = served.log_path.read_text()
     assert "retrieval version 1 loaded in" in log and "tensorflow not imported" in log, log[-3000:]
     stubs = backend_stubs(served.state_dir)
-    assert len(stubs) == BuildConfig.instances == 2
+    assert len(stubs) == BuildConfig.instances == 1
     for stub in stubs:
         assert "tensorflow" not in (stub / "maps").read_text()
 
