@@ -99,7 +99,7 @@ def _make_index(kind: str, embeddings: np.ndarray, ids: np.ndarray, seed: int):
 
     n, dim = embeddings.shape
     if kind == "flat":
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
         params = {}
     elif kind == "ivf":
         embeddings, max_norm = _augment(embeddings)
@@ -108,13 +108,13 @@ def _make_index(kind: str, embeddings: np.ndarray, ids: np.ndarray, seed: int):
         ivf.cp.seed = seed
         sample = np.random.default_rng(seed).permutation(n)[: nlist * IVF_TRAIN_POINTS_PER_LIST]
         ivf.train(embeddings[np.sort(sample)])
-        index = faiss.IndexIDMap2(ivf)
+        index = faiss.IndexIDMap(ivf)
         params = {"nlist": nlist, "nprobe": 1, "max_norm": max_norm}
     elif kind == "hnsw":
         embeddings, max_norm = _augment(embeddings)
         hnsw = faiss.IndexHNSWFlat(dim + 1, HNSW_M)
         hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index = faiss.IndexIDMap2(hnsw)
+        index = faiss.IndexIDMap(hnsw)
         params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": 16, "max_norm": max_norm}
     elif kind == "ivfpq":
         embeddings, max_norm = _augment(embeddings)
