@@ -63,6 +63,7 @@ from stock_ensemble import export_stock  # noqa: E402
 MODELS = {"floor": "floor", "ours": C.MODEL_NAME, "stock": "executor_model"}
 BATCH_USERS = 32
 QUEUE_DELAYS_US = (0, 100, 500)
+PREFERRED_BATCH_SIZES = (4, 8)  # the mean batch at concurrency 8 is about 4
 
 
 def build(catalog: int, rows: int, folder: Path) -> None:
@@ -84,15 +85,19 @@ def floor_repository(ours: Path, out: Path) -> Path:
     return out
 
 
-def variant(ours: Path, out: Path, instances: int | None = None, queue_delay_us: int | None = None) -> Path:
-    """A copy of our repository with another instance count or dynamic-batcher queue delay."""
+def variant(ours: Path, out: Path, instances: int | None = None, queue_delay_us: int | None = None,
+            preferred_batch_size: int | None = None) -> Path:
+    """A copy of our repository with another instance count or dynamic-batcher queue delay (and
+    preferred batch size, which only matters with a delay: the batcher waits for it)."""
     shutil.copytree(ours, out)
     path = out / C.MODEL_NAME / "config.pbtxt"
     config = path.read_text()
     if instances is not None:
         config = re.sub(r"count: \d+", f"count: {instances}", config)
     if queue_delay_us is not None:
-        config = re.sub(r"dynamic_batching \{[^}]*\}", f"dynamic_batching {{\n  max_queue_delay_microseconds: {queue_delay_us}\n}}", config)
+        preferred = f"  preferred_batch_size: {preferred_batch_size}\n" if preferred_batch_size else ""
+        config = re.sub(r"dynamic_batching \{[^}]*\}",
+                        f"dynamic_batching {{\n{preferred}  max_queue_delay_microseconds: {queue_delay_us}\n}}", config)
     path.write_text(config)
     return out
 
@@ -268,11 +273,19 @@ def catalog_rows(catalog: int, args, work: Path, with_variants: bool) -> list:
     return rows
 
 
+def variant_rows(args, work: Path) -> list:
+    """``--only-variants``: the variants of the build at ``--variants-at`` items, nothing else."""
+    folder = work / f"items{args.variants_at}"
+    built(args.variants_at, args.rows, folder)
+    return variants(args.variants_at, folder, args)
+
+
 def variants(catalog: int, folder: Path, args) -> list:
-    """Ours with 2 backend instances (the default is 1), and with each dynamic-batcher queue delay
-    (one repeat each)."""
+    """Ours with 2 backend instances (the default is 1), with each dynamic-batcher queue delay, and
+    with preferred batch sizes under a delay (one repeat each)."""
     rows = []
-    settings = [{"instances": 2}] + [{"queue_delay_us": d} for d in QUEUE_DELAYS_US]
+    settings = ([{"instances": 2}] + [{"queue_delay_us": d} for d in QUEUE_DELAYS_US]
+                + [{"queue_delay_us": 500, "preferred_batch_size": b} for b in PREFERRED_BATCH_SIZES])
     for setting in settings:
         repository = variant(folder / "model_repository", folder / f"variant-{len(rows)}", **setting)
         levels = [max(args.concurrency)] if "instances" in setting else args.concurrency
@@ -309,6 +322,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured level")
     parser.add_argument("--variants-at", type=int, default=1_000_000,
                         help="catalog at which the instance count and the batcher's queue delay are varied")
+    parser.add_argument("--only-variants", action="store_true",
+                        help="measure only the variants at --variants-at (write them to another --out)")
     parser.add_argument("--stock-max", type=int, default=1_000_000, help="largest catalog the stock graph is built for")
     parser.add_argument("--work", help="keep the builds in this folder, and reuse those a run left there (default: a temporary folder)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "serving.json"))
@@ -321,8 +336,10 @@ def main() -> None:
     started = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        for catalog in args.catalogs:
+        for catalog in [] if args.only_variants else args.catalogs:
             rows += catalog_rows(catalog, args, Path(args.work or tmp), with_variants=catalog == args.variants_at)
+        if args.only_variants:
+            rows = variant_rows(args, Path(args.work or tmp))
     report = {
         "rows": rows,
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
