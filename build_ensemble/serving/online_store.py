@@ -75,6 +75,7 @@ class OnlineReader:
         self.provider = get_provider(store.config)
         self.entity = entity
         self.features = list(features)
+        self._position = {name: n for n, name in enumerate(self.features)}  # row of each feature in a read's table
         self.string_keys = store.get_entity(entity).value_type == ValueType.STRING
         self._sqlite = None  # the read-only connection of a SQLite store, opened on first read
 
@@ -125,7 +126,7 @@ class OnlineReader:
                 config=self.config, table=self.table, entity_keys=keys, requested_features=list(self.features)
             )
             rows = ((number, name, value) for number, (_, row) in enumerate(read) for name, value in (row or {}).items())
-        position = {name: n for n, name in enumerate(self.features)}
+        position = self._position
         table = np.full((len(self.features), len(keys)), None, dtype=object)
         found = np.zeros(len(keys), dtype=bool)
         for number, name, value in rows:
