@@ -98,6 +98,10 @@ class BuildConfig:
     learning_rate: float = _opt(3e-3, "learning rate")
     epochs: int = _opt(5, "maximum training epochs (early stopping on validation NDCG picks the best)")
     patience: int = _opt(3, "epochs without validation improvement before stopping")
+    average_epochs: int = _opt(
+        0, "weight averaging: validate and keep the mean of the last N epochs' weights, not the last epoch's "
+        "(0 or 1: off)"
+    )
     batch_size: int = _opt(1024, "training batch size (also the number of in-batch negatives)")
     negatives: int = _opt(
         0, "Two-Tower: catalog items drawn uniformly per step and run through the item tower as more negatives "
@@ -161,7 +165,7 @@ class BuildConfig:
                 raise ConfigError(f"{name}: got {getattr(self, name)!r}, expected a positive integer")
         if not isinstance(self.model_version, int) or self.model_version < 0:
             raise ConfigError(f"model_version: got {self.model_version!r}, expected 0 (next) or a positive integer")
-        for name in ("workers", "recent_items", "negatives"):
+        for name in ("workers", "recent_items", "negatives", "average_epochs"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"{name}: got {getattr(self, name)!r}, expected 0 or a positive integer")
         if self.online_store == "redis":
@@ -260,6 +264,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
         "normalize": True,
         "temperature": 0.1,
         "logq_weight": 1.5,
+        "average_epochs": 5,
     },
 }
 # Settings that differ by data set and split. On MovieLens-100K's temporal split each user's

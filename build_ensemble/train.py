@@ -302,6 +302,10 @@ def train_model(
 ) -> TrainResult:
     """Train epoch by epoch, score the validation set after each, keep the best weights.
 
+    With ``config.average_epochs`` N > 1, what is scored and kept after each epoch is the mean
+    of the last N epochs' weights (Polyak / stochastic weight averaging); training itself goes
+    on from each epoch's own weights.
+
     Args:
         config: build configuration.
         train_dir: transformed training parquet parts (clicked interactions only).
@@ -334,6 +338,7 @@ def train_model(
     loader = _loader(train_dir, config.batch_size, shuffle=True)
 
     result = TrainResult(model)
+    window = WeightWindow(config.average_epochs)
     best, best_weights, waited, examples, train_seconds = -np.inf, None, 0, 0, 0.0
     n_rows = dataset.num_rows
     for epoch in range(1, config.epochs + 1):
@@ -345,13 +350,18 @@ def train_model(
         train_seconds += seconds
         examples += n_rows
         record = {"epoch": epoch, "loss": float(fit.history["loss"][-1]), "seconds": round(seconds, 2)}
+        raw = model.get_weights()
+        window.add(raw)
+        model.set_weights(window.mean())  # validated and kept: the mean of the window's epochs
         record.update(validate(model))
         result.history.append(record)
         if progress:
             progress(record)
-        if record[monitor] > best:
+        improved = record[monitor] > best
+        if improved:
             best, best_weights, waited, result.best_epoch = record[monitor], model.get_weights(), 0, epoch
-        else:
+        model.set_weights(raw)  # training goes on from the epoch's own weights, not their mean
+        if not improved:
             waited += 1
             if waited >= config.patience:
                 logger.info("early stop after epoch %d (best %d)", epoch, result.best_epoch)
@@ -359,6 +369,24 @@ def train_model(
     model.set_weights(best_weights)
     result.examples_per_second = examples / train_seconds if train_seconds else 0.0
     return result
+
+
+class WeightWindow:
+    """The weights of the last ``size`` epochs and their element-wise mean (weight averaging;
+    size 0 or 1: the last epoch's own weights)."""
+
+    def __init__(self, size: int):
+        self.size, self.kept = max(1, size), []
+
+    def add(self, weights: list) -> None:
+        """Keep one epoch's ``model.get_weights()``, dropping the oldest beyond ``size``."""
+        self.kept = [*self.kept, weights][-self.size:]
+
+    def mean(self) -> list:
+        """The mean of the kept epochs, array by array; arrays that are not floating point (flags,
+        counters) are the last epoch's."""
+        return [np.mean(arrays, axis=0).astype(arrays[-1].dtype) if np.issubdtype(arrays[-1].dtype, np.floating)
+                else arrays[-1] for arrays in zip(*self.kept)]
 
 
 def save_towers(model, run_dir: Path) -> tuple[Path, Path]:

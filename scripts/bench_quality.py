@@ -86,7 +86,8 @@ def train_and_test(prepared: tuple, split: str, seed: int, overrides: dict) -> t
     result, user_vectors, item_vectors, _ = train_and_embed(config, data, users, items, Reporter())
     seconds = time.perf_counter() - start
     metrics = ev.score_embeddings(data, catalog, user_vectors, item_vectors, [10], exclude_seen=True, seed=seed)
-    row = {**metrics["two_tower"], "train_seconds": round(seconds, 1), "best_epoch": result.best_epoch}
+    row = {**metrics["two_tower"], "train_seconds": round(seconds, 1), "best_epoch": result.best_epoch,
+           "valid_ndcg@10": result.history[result.best_epoch - 1]["valid_ndcg@10"]}
     if config.recent_items:
         frozen = frozen_history_metrics(data, catalog, result.model, item_vectors, seed)
         row.update({f"frozen_{k}": v for k, v in frozen.items()})

@@ -72,11 +72,9 @@ def test_without_logq_the_logits_are_plain_dot_products():
     np.testing.assert_allclose(logits[:, 0], (q * c).sum(axis=1), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("negatives", [0, 64])
-def test_two_tower_learns_a_planted_signal(tmp_path, negatives):
-    """Users of group g click items of group g: recall@10 must be far above random, with
-    in-batch negatives alone and with catalog negatives added, and the random baseline must
-    stay near k / n_items."""
+def _planted(tmp_path):
+    """Users of group g click items of group g (plus a little noise), split 80/10/10 and
+    transformed; returns the raw tables, the splits, the encoded tables and their schemas."""
     rng = np.random.default_rng(0)
     n_users, n_items, groups = 300, 200, 20
     user_group = np.arange(n_users) % groups
@@ -98,14 +96,23 @@ def test_two_tower_learns_a_planted_signal(tmp_path, negatives):
         writer.write(name, df.iloc[np.sort(idx)])
     data = writer.close()
     transformed = fit_workflow(data, tmp_path, tmp_path / ".work")
-
-    config = make_config(overrides={"epochs": 15, "batch_size": 128, "learning_rate": 0.01, "patience": 15,
-                                    "negatives": negatives})
     workflow = load_workflow(transformed.workflow_dir)
     eu, ei = encode(workflow, USER_SUBGRAPH, users), encode(workflow, ITEM_SUBGRAPH, items)
     us, its = workflow.get_subworkflow(USER_SUBGRAPH).output_schema, workflow.get_subworkflow(ITEM_SUBGRAPH).output_schema
     catalog = ev.Catalog(users[C.USER_ID].to_numpy(), items[C.ITEM_ID].to_numpy())
-    train, valid, test = (catalog.matrix(data.read_split(s)) for s in ("train", "valid", "test"))
+    splits = [catalog.matrix(data.read_split(s)) for s in ("train", "valid", "test")]
+    return transformed, splits, (eu, us), (ei, its)
+
+
+@pytest.mark.parametrize("negatives", [0, 64])
+def test_two_tower_learns_a_planted_signal(tmp_path, negatives):
+    """Users of group g click items of group g: recall@10 must be far above random, with
+    in-batch negatives alone and with catalog negatives added, and the random baseline must
+    stay near k / n_items."""
+    transformed, (train, valid, test), (eu, us), (ei, its) = _planted(tmp_path)
+    n_users, n_items = len(eu), len(ei)
+    config = make_config(overrides={"epochs": 15, "batch_size": 128, "learning_rate": 0.01, "patience": 15,
+                                    "negatives": negatives})
 
     def validate(model):
         scorer = ev.dot_scorer(T.embed(model.query_encoder, eu, us), T.embed(model.candidate_encoder, ei, its))
@@ -122,3 +129,47 @@ def test_two_tower_learns_a_planted_signal(tmp_path, negatives):
     assert chance == pytest.approx(10 / n_items, abs=0.04)
     assert learned > 0.5 and learned > 8 * chance, (learned, chance)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_the_weight_window_keeps_the_mean_of_the_last_epochs():
+    window = T.WeightWindow(2)
+    for value in (1.0, 2.0, 6.0):
+        window.add([np.full((2, 2), value, np.float32), np.array([int(value)], np.int64)])
+    floats, ints = window.mean()
+    np.testing.assert_array_equal(floats, np.full((2, 2), 4.0))  # (2 + 6) / 2: the first epoch dropped
+    assert floats.dtype == np.float32 and ints.dtype == np.int64 and ints[0] == 6  # not floats: the last
+    single = T.WeightWindow(0)
+    single.add([np.zeros(1)])
+    single.add([np.ones(1)])
+    np.testing.assert_array_equal(single.mean()[0], np.ones(1))
+
+
+def test_weight_averaging_scores_the_mean_of_the_unaveraged_trajectory(tmp_path):
+    """With average_epochs 2, epoch e is validated (and kept) as the mean of epochs e-1 and e of
+    the same seed's run without averaging: training itself goes on from each epoch's own weights."""
+    transformed, (train, valid, _), (eu, us), (ei, its) = _planted(tmp_path)
+
+    def run(average_epochs):
+        seen = []
+
+        def validate(model):
+            seen.append(model.get_weights())
+            scorer = ev.dot_scorer(T.embed(model.query_encoder, eu, us), T.embed(model.candidate_encoder, ei, its))
+            return {"valid_ndcg@10": ev.evaluate(scorer, valid, [10], exclude=train)["ndcg@10"]}
+
+        config = make_config(overrides={"epochs": 3, "batch_size": 128, "learning_rate": 0.01, "patience": 3,
+                                        "average_epochs": average_epochs})
+        result = T.train_model(config, transformed.train_dir, validate, "valid_ndcg@10")
+        return seen, result
+
+    plain, _ = run(1)
+    averaged, result = run(2)
+    for a, b in zip(averaged[0], plain[0]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for epoch in (1, 2):
+        for a, before, now in zip(averaged[epoch], plain[epoch - 1], plain[epoch]):
+            expected = (before + now) / 2 if np.issubdtype(now.dtype, np.floating) else now
+            np.testing.assert_allclose(a, expected, rtol=1e-4, atol=1e-5)
+        assert not all(np.allclose(a, b) for a, b in zip(averaged[epoch], plain[epoch]))
+    for a, b in zip(result.model.get_weights(), averaged[result.best_epoch - 1]):
+        np.testing.assert_array_equal(a, b)
