@@ -339,6 +339,7 @@ def train_model(
 
     result = TrainResult(model)
     window = WeightWindow(config.average_epochs)
+    averaging = window.size > 1  # off: no copies of the weights (a large catalog's table is big)
     best, best_weights, waited, examples, train_seconds = -np.inf, None, 0, 0, 0.0
     n_rows = dataset.num_rows
     for epoch in range(1, config.epochs + 1):
@@ -350,9 +351,10 @@ def train_model(
         train_seconds += seconds
         examples += n_rows
         record = {"epoch": epoch, "loss": float(fit.history["loss"][-1]), "seconds": round(seconds, 2)}
-        raw = model.get_weights()
-        window.add(raw)
-        model.set_weights(window.mean())  # validated and kept: the mean of the window's epochs
+        if averaging:
+            raw = model.get_weights()
+            window.add(raw)
+            model.set_weights(window.mean())  # validated and kept: the mean of the window's epochs
         record.update(validate(model))
         result.history.append(record)
         if progress:
@@ -360,7 +362,8 @@ def train_model(
         improved = record[monitor] > best
         if improved:
             best, best_weights, waited, result.best_epoch = record[monitor], model.get_weights(), 0, epoch
-        model.set_weights(raw)  # training goes on from the epoch's own weights, not their mean
+        if averaging:
+            model.set_weights(raw)  # training goes on from the epoch's own weights, not their mean
         if not improved:
             waited += 1
             if waited >= config.patience:
